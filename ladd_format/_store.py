@@ -1,0 +1,132 @@
+"""Where containers live: directory, packed ``.ladd.zip``, or an fsspec URL.
+
+Also the two byte-level duties shared by writer and reader: content digests and the
+durable, all-or-nothing placement of a finished container (fsync, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+
+from .errors import ContainerExistsError, ContainerNotFoundError, InvalidInputError
+
+ZIP_SUFFIXES = (".zip",)
+_DIGEST_BLOCK_BYTES = 8 << 20
+
+
+def is_zip_path(path: str | os.PathLike[str]) -> bool:
+    return str(path).lower().endswith(ZIP_SUFFIXES)
+
+
+def open_store(location: str | os.PathLike[str]) -> Store:
+    """A read-only zarr store for a directory, a zip file, or an fsspec URL."""
+    if isinstance(location, str) and "://" in location:
+        try:
+            return zarr.storage.FsspecStore.from_url(location, read_only=True)
+        except ImportError as exc:
+            raise ContainerNotFoundError(
+                f"{location}: URLs need fsspec (pip install 'ladd_format[remote]'): {exc}"
+            ) from None
+    path = Path(location)
+    if not path.exists():
+        raise ContainerNotFoundError(f"{path}: no such container (file or directory)")
+    if path.is_dir():
+        return zarr.storage.LocalStore(path, read_only=True)
+    if zipfile.is_zipfile(path):
+        return zarr.storage.ZipStore(path, mode="r")
+    raise ContainerNotFoundError(f"{path}: neither a container directory nor a zip file")
+
+
+def array_digest(array: object, rows_per_block: int) -> str:
+    """sha256 of an array's logical content: C order, little-endian, block by block."""
+    h = hashlib.sha256()
+    n = int(array.shape[0])  # type: ignore[attr-defined]
+    for start in range(0, n, max(1, rows_per_block)):
+        block = np.asarray(array[start:start + rows_per_block])  # type: ignore[index]
+        h.update(np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).view(np.uint8))
+    return h.hexdigest()
+
+
+def rows_per_block(shape: tuple[int, ...], itemsize: int) -> int:
+    row_bytes = itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    return max(1, _DIGEST_BLOCK_BYTES // max(1, row_bytes))
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        raise ContainerExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    if target.exists() and not (target.is_dir() or zipfile.is_zipfile(target)):
+        raise InvalidInputError(f"{target} exists and is not a container; refusing to replace it")
+
+
+@contextmanager
+def staging_dir(target: Path) -> Iterator[Path]:
+    """A fresh hidden sibling of ``target``; removed unless it was moved into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    stage.mkdir()
+    try:
+        yield stage
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory below ``root`` (directories last) to the disk."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def place(source: Path, target: Path) -> None:
+    """Move a finished ``source`` onto ``target`` so that readers see old or new, never half.
+
+    A replaced container is first renamed aside and deleted only after the new one is in
+    place, so a crash in between leaves the old one intact beside the target.
+    """
+    aside = None
+    if target.exists():
+        aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(target, aside)
+    os.rename(source, target)
+    _fsync(target.parent)
+    if aside is not None:
+        if aside.is_dir():
+            shutil.rmtree(aside)
+        else:
+            aside.unlink()
+
+
+def pack_dir(source: Path, target: Path) -> None:
+    """Pack a container directory into a zip: ZIP_STORED, sorted keys, each key once."""
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for file in sorted(p for p in source.rglob("*") if p.is_file()):
+                zf.write(file, file.relative_to(source).as_posix())
+        _fsync(tmp)
+        place(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,43 @@
+"""Typed errors. Every failure the library reports on purpose is a :class:`LaddError`.
+
+Each subclass also derives from the closest built-in exception, so code that already
+catches ``ValueError`` or ``FileExistsError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class LaddError(Exception):
+    """Base class of every error ladd_format raises on purpose."""
+
+
+class InvalidInputError(LaddError, ValueError):
+    """Arrays or metadata handed to a writer are unusable; nothing was written."""
+
+
+class ContainerExistsError(LaddError, FileExistsError):
+    """The target path already holds something and ``overwrite`` was not given."""
+
+
+class SchemaError(LaddError, ValueError):
+    """The manifest is missing, malformed, or disagrees with the arrays."""
+
+
+class VersionError(LaddError):
+    """The container's format major version is newer than this reader understands."""
+
+
+class UnsupportedEncodingError(SchemaError):
+    """The manifest names a dense-label encoding this reader does not know."""
+
+
+class IncompleteContainerError(LaddError):
+    """Some part of the container (manifest, array metadata, a chunk) is absent."""
+
+
+class IntegrityError(LaddError):
+    """Stored bytes do not match the digests in the manifest, or cannot be decoded."""
+
+
+class ContainerNotFoundError(LaddError, FileNotFoundError):
+    """Nothing exists at the path or URL given to :func:`ladd_format.open`."""
