@@ -214,3 +214,14 @@ def _es_number(x: float) -> str:
         e = n - 1
         out = digits[0] + ("." + digits[1:] if k > 1 else "") + "e" + ("+" if e >= 0 else "-") + str(abs(e))
     return sign + out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the manifest, as committed in ``spec/manifest.schema.json``."""
+    schema = Manifest.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://ladd-format.invalid/spec/manifest.schema.json",
+        **schema,
+        "title": f"LADD container manifest, format {FORMAT_VERSION}",
+    }

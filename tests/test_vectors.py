@@ -1,0 +1,58 @@
+"""The frozen v1.0 vectors decode to their expected arrays on every run, forever.
+
+A vector file that changes is a format change: SHA256SUMS catches it here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ladd_format
+
+VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors" / "v1.0"
+NAMES = ["basic_float32.ladd", "gray_float16.ladd.zip", "logits_raw.ladd"]
+
+
+def test_vector_files_are_unchanged():
+    listed = {}
+    for line in (VECTORS / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name] = digest
+    present = sorted(p.relative_to(VECTORS).as_posix() for p in VECTORS.rglob("*") if p.is_file()
+                     and p.name != "SHA256SUMS")
+    assert sorted(listed) == present
+    for name, digest in listed.items():
+        assert hashlib.sha256((VECTORS / name).read_bytes()).hexdigest() == digest, f"{name} changed"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vector_decodes_to_expected_arrays(name):
+    expected = np.load(VECTORS / f"{name}.expected.npz")
+    manifest = json.loads((VECTORS / f"{name}.expected.json").read_text())
+    with ladd_format.open(VECTORS / name, verify=True) as ds:
+        assert np.array_equal(np.asarray(ds.images), expected["images"])
+        assert np.array_equal(ds.labels, expected["labels"])
+        assert np.array_equal(np.asarray(ds.dense_labels), expected["dense_labels"])
+        if "dense_values" in expected:
+            assert np.array_equal(np.asarray(ds.dense_logits), expected["dense_values"])
+        assert ds.manifest.model_dump(mode="json", exclude={"created_by"}) == manifest
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vector_reads_without_ladd_format(name):
+    from test_tensorstore import read_with_tensorstore
+
+    pytest.importorskip("tensorstore")
+    expected = np.load(VECTORS / f"{name}.expected.npz")
+    manifest, arrays = read_with_tensorstore(VECTORS / name)
+    assert np.array_equal(arrays["images"], expected["images"])
+    assert np.array_equal(arrays["labels"], expected["labels"])
+    assert manifest["manifest_sha256"] == ladd_format.manifest.manifest_digest(manifest)
+    for name_, record in manifest["arrays"].items():
+        data = np.ascontiguousarray(arrays[name_], dtype=arrays[name_].dtype.newbyteorder("<"))
+        assert hashlib.sha256(data.tobytes()).hexdigest() == record["sha256"]
