@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -78,23 +79,50 @@ def write(
     enc = resolve_encoding(encoding)
     sampler_spec = _model(SamplerSpec, sampler, "sampler")
     _check_images(imgs, sampler_spec)
-    num_images, height, width, channels = imgs.shape
+    num_images = imgs.shape[0]
     num_classes = _check_dense(dense, num_images, sampler_spec, values)
     labs = _check_labels(labs, num_images, num_classes)
     stored = {"images": imgs, "labels": labs.astype(_label_dtype(num_classes)), **enc.encode(dense)}
     _check_encoded(stored, enc)
 
-    if mean is None or std is None:
-        auto_mean, auto_std = _channel_stats(imgs)
-        mean = auto_mean if mean is None else mean
-        std = auto_std if std is None else std
+    # Digests (and default statistics) run in threads, overlapping validation and writing:
+    # hashlib and numpy release the GIL on large buffers.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = {name: pool.submit(array_digest, a, rows_per_block(a.shape, a.itemsize))
+                   for name, a in stored.items()}
+        if mean is None or std is None:
+            auto_mean, auto_std = _channel_stats(imgs)
+            mean = auto_mean if mean is None else mean
+            std = auto_std if std is None else std
+        manifest = _manifest(imgs, labs, num_classes, class_names, mean, std, sampler_spec, enc, values,
+                             temperature, labeler, distillation, extra, stored)
+        check_target(target, overwrite)
+        with staging_dir(target) as stage:
+            _write_arrays(stage, stored, compression)
+            records = {name: ArrayRecord(dtype=str(a.dtype), shape=list(a.shape), sha256=digests[name].result())
+                       for name, a in stored.items()}
+            manifest = manifest.model_copy(update={"arrays": records})
+            group = zarr.open_group(zarr.storage.LocalStore(stage), mode="r+", zarr_format=3)
+            group.attrs.update({ATTRIBUTE_KEY: manifest.to_json()})  # last: marks the stage complete
+            fsync_tree(stage)
+            if is_zip_path(target):
+                pack_dir(stage, target)
+            else:
+                place(stage, target)
+    return target
+
+
+def _manifest(imgs, labs, num_classes, class_names, mean, std, sampler_spec, enc, values, temperature,
+              labeler, distillation, extra, stored) -> Manifest:
+    """The manifest with placeholder digests: validates all metadata before any write."""
     distill = _model(DistillationInfo, distillation, "distillation")
     if distill.ipc is None:
         counts = np.bincount(labs, minlength=num_classes)
         if counts.min() == counts.max():
             distill = distill.model_copy(update={"ipc": int(counts[0])})
+    num_images, height, width, channels = imgs.shape
     try:
-        manifest = Manifest(
+        return Manifest(
             created_by=f"ladd_format {__version__}",
             num_images=num_images,
             num_classes=num_classes,
@@ -110,22 +138,6 @@ def write(
         )
     except ValidationError as exc:
         raise InvalidInputError(f"metadata is invalid: {describe(exc)}") from None
-    check_target(target, overwrite)
-
-    with staging_dir(target) as stage:
-        _write_arrays(stage, stored, compression)
-        records = {name: ArrayRecord(dtype=str(a.dtype), shape=list(a.shape),
-                                     sha256=array_digest(a, rows_per_block(a.shape, a.itemsize)))
-                   for name, a in stored.items()}
-        manifest = manifest.model_copy(update={"arrays": records})
-        group = zarr.open_group(zarr.storage.LocalStore(stage), mode="r+", zarr_format=3)
-        group.attrs.update({ATTRIBUTE_KEY: manifest.to_json()})  # last: marks the stage complete
-        fsync_tree(stage)
-        if is_zip_path(target):
-            pack_dir(stage, target)
-        else:
-            place(stage, target)
-    return target
 
 
 def _write_arrays(stage: Path, arrays: Mapping[str, np.ndarray], compression: Compression) -> None:
@@ -250,15 +262,22 @@ def _label_dtype(num_classes: int) -> np.dtype:
 
 
 def _channel_stats(imgs: np.ndarray) -> tuple[list[float], list[float]]:
-    # Per-channel mean/std on the 0..1 scale, in blocks so no float copy of all images is made.
+    # Exact per-channel mean/std on the 0..1 scale without a float64 copy of the images:
+    # pixel values minus 128 summed over runs of 1,024 in float32 stay integers below 2**24,
+    # so each run's sums are exact; runs are combined in float64.
+    run = 1024
     pixels = imgs.reshape(-1, imgs.shape[-1])
     total = np.zeros(pixels.shape[1])
     squares = np.zeros(pixels.shape[1])
-    ones = np.ones(min(len(pixels), 1 << 18))
-    for start in range(0, len(pixels), len(ones)):
-        block = pixels[start:start + len(ones)].astype(np.float64)
-        total += ones[:len(block)] @ block  # a matrix product: far faster than sum(axis=0)
-        squares += ones[:len(block)] @ (block * block)
+    ones = np.ones(run, dtype=np.float32)
+    for start in range(0, len(pixels), run * 256):
+        block = pixels[start:start + run * 256].astype(np.float32) - 128
+        whole = len(block) // run * run
+        for part in (block[:whole].reshape(-1, run, block.shape[1]), block[whole:][None]):
+            if part.size:
+                total += (ones[:part.shape[1]] @ part).sum(axis=0, dtype=np.float64)
+                squares += (ones[:part.shape[1]] @ (part * part)).sum(axis=0, dtype=np.float64)
     mean = total / len(pixels)
     var = np.maximum(squares / len(pixels) - mean**2, 0)
-    return [float(v) / 255 for v in mean], [float(np.sqrt(v)) / 255 if v > 0 else 1.0 for v in var]
+    return ([(float(v) + 128) / 255 for v in mean],
+            [float(np.sqrt(v)) / 255 if v > 0 else 1.0 for v in var])
