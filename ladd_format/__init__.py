@@ -23,6 +23,7 @@ from .errors import (  # noqa: E402
     VersionError,
 )
 from .manifest import FORMAT_VERSION, Manifest  # noqa: E402
+from . import manifest, testing  # noqa: E402
 
 __all__ = [
     "FORMAT_VERSION",

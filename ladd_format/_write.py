@@ -25,7 +25,7 @@ from .manifest import (
     LabelerInfo,
     Manifest,
     SamplerSpec,
-    describe,
+    _describe,
 )
 
 PROB_SUM_ATOL = 1e-3
@@ -137,7 +137,7 @@ def _manifest(imgs, labs, num_classes, class_names, mean, std, sampler_spec, enc
                     for name, a in stored.items()},
         )
     except ValidationError as exc:
-        raise InvalidInputError(f"metadata is invalid: {describe(exc)}") from None
+        raise InvalidInputError(f"metadata is invalid: {_describe(exc)}") from None
 
 
 def _write_arrays(stage: Path, arrays: Mapping[str, np.ndarray], compression: Compression) -> None:
@@ -188,7 +188,7 @@ def _model(cls: type, value: Any, name: str) -> Any:
     try:
         return cls.model_validate(dict(value) if isinstance(value, Mapping) else value)
     except ValidationError as exc:
-        raise InvalidInputError(f"{name} is invalid: {describe(exc)}") from None
+        raise InvalidInputError(f"{name} is invalid: {_describe(exc)}") from None
 
 
 def _check_images(imgs: np.ndarray, sampler: SamplerSpec) -> None:

@@ -156,10 +156,10 @@ def parse_manifest(body: Any, *, where: str = "manifest") -> Manifest:
     try:
         return Manifest.model_validate(body)
     except ValidationError as exc:
-        raise SchemaError(f"{where} is invalid: {describe(exc)}") from None
+        raise SchemaError(f"{where} is invalid: {_describe(exc)}") from None
 
 
-def describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError) -> str:
     """One line per problem, ``field.path: message (got value)``, without pydantic's URLs."""
     parts = []
     for err in exc.errors(include_url=False):
