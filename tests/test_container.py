@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from _helpers import leftovers
 from hypothesis import given
 from hypothesis import strategies as st
@@ -79,6 +78,7 @@ def test_defaults_just_work(tmp_path):
 
 
 def test_accepts_torch_tensors_and_metadata(tmp_path):
+    torch = pytest.importorskip("torch")
     images, labels, dense = example_arrays(num_classes=3, ipc=2, size=12, channels=1)
     path = ladd_format.write(
         tmp_path / "t.ladd", torch.from_numpy(images), torch.from_numpy(labels), torch.from_numpy(dense),
