@@ -240,6 +240,8 @@ def _open_array(group: zarr.Group, name: str, manifest: Manifest, dtype: str | N
         array = group[name]
     except KeyError:
         raise IncompleteContainerError(f"{where}: array {name!r} is missing") from None
+    except Exception as exc:  # zarr raises JSON, Unicode and metadata errors of many types
+        raise SchemaError(f"{where}: array {name!r} has unreadable metadata (zarr.json): {exc}") from None
     if not isinstance(array, zarr.Array):
         raise SchemaError(f"{where}: {name!r} is a group, expected an array")
     record = manifest.arrays[name]
