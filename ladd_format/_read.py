@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from typing import Any
@@ -105,7 +106,24 @@ class LaddDataset:
         return list(self.manifest.class_names)
 
     def __len__(self) -> int:
-        return self.manifest.num_images
+        return len(self.labels)
+
+    def subset(self, indices: Any) -> LaddDataset:
+        """A view of some of the images (e.g. ``ds.subset(ds.balanced_indices(10))``).
+
+        It shares the store and the manifest; ``images``, ``labels`` and ``dense_labels``
+        follow ``indices``. ``verify`` and ``stored_bytes`` still cover the whole container.
+        """
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"subset indices out of range for {len(self)} images")
+        view = copy.copy(self)
+        view.labels = self.labels[index]
+        view.images = _follow(self.images, index)
+        view._dense_values = _follow(self._dense_values, index)
+        view.dense_labels = view._dense_values if self.dense_labels is self._dense_values \
+            else _follow(self.dense_labels, index)
+        return view
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int, np.ndarray]:
         """(image uint8 [H, W, C], hard label, dense label float32 [n*n, K])."""
@@ -113,7 +131,7 @@ class LaddDataset:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return (f"LaddDataset({self.location!r}, images={m.num_images}, classes={m.num_classes}, "
+        return (f"LaddDataset({self.location!r}, images={len(self)}, classes={m.num_classes}, "
                 f"{m.image.height}x{m.image.width}x{m.image.channels}, n={m.sampler.n}, "
                 f"encoding={m.dense_labels.encoding})")
 
@@ -271,6 +289,10 @@ def _zarr_reader(array: zarr.Array) -> Callable[[Any], np.ndarray]:
             raise IntegrityError(f"array {array.basename!r} cannot be decoded: {exc}") from None
 
     return read
+
+
+def _follow(array: LazyArray, index: np.ndarray) -> LazyArray:
+    return LazyArray(lambda sel: array[index[sel]], (len(index), *array.shape[1:]), array.dtype)
 
 
 def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:

@@ -273,3 +273,23 @@ def test_chunks_hold_whole_images_and_cover_the_array(tmp_path, monkeypatch):
     assert arr.metadata.dimension_names == ("image", "height", "width", "channel")
     with ladd_format.open(path) as ds:
         assert np.array_equal(np.asarray(ds.images), images)
+
+
+def test_subset_views(tmp_path):
+    images, labels, dense = example_arrays(num_classes=3, ipc=4, size=8)
+    logits = np.log(dense)
+    for values, stored in (("probs", dense), ("logits", logits)):
+        path = ladd_format.write(tmp_path / f"{values}.ladd", images, labels, stored, values=values)
+        with ladd_format.open(path) as ds:
+            idx = ds.balanced_indices(2)
+            view = ds.subset(idx)
+            assert len(view) == 6 and view.ipc == 2 and len(ds) == 12
+            assert np.array_equal(np.asarray(view.images), images[idx])
+            assert np.array_equal(view.labels, labels[idx])
+            assert np.allclose(np.asarray(view.dense_labels), dense[idx], atol=1e-6)
+            assert np.array_equal(view.images[[3, 0]], images[idx[[3, 0]]])
+            image, label, d = view[5]
+            assert np.array_equal(image, images[idx[5]]) and label == labels[idx[5]]
+            assert np.array_equal(np.asarray(view.subset([1]).images), images[idx[[1]]])
+            with pytest.raises(IndexError):
+                ds.subset([12])
