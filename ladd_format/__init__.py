@@ -1,7 +1,10 @@
 """ladd_format: publish, load and measure label-augmented distilled datasets (LADD).
 
 The public API is small: :func:`write`, :func:`open`, :func:`pack`, :class:`LaddDataset`,
-the manifest models in :mod:`ladd_format.manifest` and the errors in :mod:`ladd_format.errors`.
+the manifest models in :mod:`ladd_format.manifest`, the errors in :mod:`ladd_format.errors`,
+:class:`UniformSampler` (the one crop function) and :class:`DeviceLoader`/:class:`CropDataset`
+(feeding trainers); the pipeline lives in :mod:`sources`, :mod:`models`, :mod:`labeler`,
+:mod:`train`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,23 @@ from .errors import (  # noqa: E402
 from .manifest import FORMAT_VERSION, Manifest  # noqa: E402
 from . import manifest, testing  # noqa: E402
 
+# Names that need torch load on first use, so the container API imports fast.
+_LAZY = {"UniformSampler": "sampler", "DeviceLoader": "loader", "CropDataset": "loader", "Batch": "loader"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "Batch",
+    "CropDataset",
+    "DeviceLoader",
+    "UniformSampler",
     "FORMAT_VERSION",
     "ContainerExistsError",
     "ContainerNotFoundError",

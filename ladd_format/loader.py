@@ -43,8 +43,8 @@ class Batch:
 class DeviceLoader:
     """Batches of a LADD dataset rendered on ``device``; iterate once per epoch.
 
-    ``crops_per_image``: ``"all"`` (n*n crops per image, in grid order) or k in 1..n*n (k
-    distinct crops per image drawn afresh each step). Each epoch draws a new order when
+    ``crops_per_image``: ``"all"`` (n*n crops per image, in grid order), k in 1..n*n (k
+    distinct crops per image drawn afresh each step), or 0 (full images only). Each epoch draws a new order when
     ``shuffle``; with ``seed`` the sequence of epochs is reproducible. ``augment="dsa"``
     applies DSA to the images and the crops (one family per step, parameters per sample).
     """
@@ -92,25 +92,32 @@ class DeviceLoader:
         b, n2, dev = len(index), self.sampler.num_crops, self.device
         idx = index.to(dev, non_blocking=True)
         images = _normalise(self._images.index_select(0, idx), self._mean, self._std)
-        if self.k == n2:
-            crop_image = torch.arange(b).repeat(n2)
-            crop_id = torch.arange(n2).repeat_interleave(b)
+        if self.k == 0:  # full images only (hard- or soft-label training)
+            crop_image = crop_id = torch.zeros(0, dtype=torch.int64, device=dev)
+            crops = images.new_zeros((0, *images.shape[1:]))
+            dense = self._dense.new_zeros((0, self._dense.shape[-1]))
+        elif self.k == n2:
             crops = self.sampler.crops(images, dtype=self.dtype, order="crop", flatten=True)
+            crop_image = torch.arange(b, device=dev).repeat(n2)
+            crop_id = torch.arange(n2, device=dev).repeat_interleave(b)
+            dense = self._dense.index_select(0, idx).transpose(0, 1).flatten(0, 1)
         else:
             picks = torch.rand(b, n2, generator=generator).argsort(dim=1)[:, :self.k]
             crop_id, sort = picks.flatten().sort(stable=True)
             crop_image = sort // self.k
             crops = self.sampler.crops_at(images, crop_image, crop_id, dtype=self.dtype)
-        crop_image, crop_id = crop_image.to(dev), crop_id.to(dev)
-        dense = self._dense[idx[crop_image], crop_id]
+            crop_image, crop_id = crop_image.to(dev), crop_id.to(dev)
+            dense = self._dense[idx[crop_image], crop_id]
         images = images.to(self.dtype)
         if self.augment == "dsa":
             h, w = images.shape[2:]
             params = sample_dsa(b + len(crops), h, w, strategy=STRATEGY, generator=generator,
                                 device=dev)
             images = apply_dsa(images, params.select(slice(0, b)))
-            crops = apply_dsa(crops, params.select(slice(b, None)))
-        return Batch(images, self._labels[idx], crops, dense, idx, crop_image, crop_id)
+            if len(crops):
+                crops = apply_dsa(crops, params.select(slice(b, None)))
+        return Batch(images, self._labels.index_select(0, idx), crops, dense, idx, crop_image,
+                     crop_id)
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -149,8 +156,8 @@ def _normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 def _crops_per_image(k: int | str, total: int) -> int:
     if k == "all":
         return total
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
-        raise InvalidInputError(f"crops_per_image must be 'all' or an integer in 1..{total}, "
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= total:
+        raise InvalidInputError(f"crops_per_image must be 'all' or an integer in 0..{total}, "
                                 f"got {k!r}")
     return k
 
