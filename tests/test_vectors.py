@@ -18,16 +18,17 @@ VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors" / "v1.0"
 NAMES = ["basic_float32.ladd", "gray_float16.ladd.zip", "logits_raw.ladd"]
 
 
-def test_vector_files_are_unchanged():
+@pytest.mark.parametrize("folder", [VECTORS, VECTORS.parent / "crops"])
+def test_vector_files_are_unchanged(folder):
     listed = {}
-    for line in (VECTORS / "SHA256SUMS").read_text().splitlines():
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
         listed[name] = digest
-    present = sorted(p.relative_to(VECTORS).as_posix() for p in VECTORS.rglob("*") if p.is_file()
-                     and p.name != "SHA256SUMS")
+    present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                     and p.name not in ("SHA256SUMS", "make_crops.py") and "__pycache__" not in p.parts)
     assert sorted(listed) == present
     for name, digest in listed.items():
-        assert hashlib.sha256((VECTORS / name).read_bytes()).hexdigest() == digest, f"{name} changed"
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, f"{name} changed"
 
 
 @pytest.mark.parametrize("name", NAMES)
