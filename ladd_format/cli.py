@@ -1,12 +1,16 @@
-"""The ``ladd`` command line: inspect, validate, pack, example."""
+"""The ``ladd`` command line: inspect, validate, pack, example, demo, train-labeler, augment, train, show."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ._pack import pack
 from ._read import LaddDataset
@@ -95,6 +99,88 @@ def _cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, format_table, run_demo
+
+    overrides = {k: v for k, v in (("ipc", args.ipc), ("seeds", args.seeds), ("epochs", args.epochs)) if v is not None}
+    settings = DemoSettings.full(**overrides) if args.full else DemoSettings.reduced(**overrides)
+    kind = "full (the paper's settings)" if args.full else "reduced for a CPU (--full for the paper's)"
+    print(f"ladd demo on Fashion-MNIST, {kind}:")
+    for key, value in dataclasses.asdict(settings).items():
+        print(f"  {key:16s} {value}")
+    report = run_demo(args.out, settings, device=args.device)
+    print()
+    print(format_table(report))
+    print(f"\ncontainer: {report['container']}  (ladd inspect / ladd show it)")
+    print(f"results:   {Path(args.out) / 'results.json'}  ({report['seconds']:.0f} s)")
+    return 0
+
+
+def _cmd_train_labeler(args: argparse.Namespace) -> int:
+    from .labeler import train_labeler
+    from .sources import load_source
+
+    labeler = train_labeler(load_source(args.source), epochs=args.epochs, width=args.width,
+                            train_subset=args.images, out_dir=args.out, device=args.device, seed=args.seed)
+    print(f"labeler checkpoints in {args.out}; last: epoch_{labeler.epochs:02d}.pt "
+          f"(sha256 {labeler.checkpoint_sha256})")
+    return 0
+
+
+def _cmd_augment(args: argparse.Namespace) -> int:
+    from .labeler import augment, load_labeler
+    from .sampler import UniformSampler
+    from .sources import load_source, random_real
+
+    labeler = load_labeler(args.labeler, device=args.device)
+    sampler = UniformSampler(args.n, args.ratio)
+    if args.source_container:
+        with open_container(args.source_container) as src:
+            images, labels = np.asarray(src.images), src.labels
+            names, distillation = src.class_names, src.manifest.distillation.model_dump(mode="json")
+    else:
+        source = load_source(args.random_real)
+        images, labels, index = random_real(source, args.ipc, seed=args.seed)
+        names = list(source.class_names)
+        distillation = {"method": "random-real", "source_dataset": source.name, "ipc": args.ipc,
+                        "details": {"seed": args.seed, "train_indices": index.tolist()}}
+    out = augment(args.out, images, labels, labeler, sampler=sampler, temperature=args.temperature,
+                  distillation=distillation, class_names=names, encoding=args.encoding, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .sources import load_source
+    from .train import cross_architecture
+
+    source = load_source(args.test_source)
+    with open_container(args.path) as ds:
+        indices = ds.balanced_indices(args.ipc) if args.ipc else None
+        view = ds.subset(indices) if indices is not None else ds
+        rows = cross_architecture(view, source.test_images, source.test_labels, models=tuple(args.model.split(",")),
+                                  seeds=args.seeds, mode=args.mode, epochs=args.epochs, lr=args.lr,
+                                  batch_size=args.batch_size, crops_per_image=_crops(args.crops),
+                                  width=args.width, device=args.device)
+    print(f"{'model':10s} {'mode':10s} {'test accuracy (%)':>20s}")
+    for r in rows:
+        print(f"{r['model']:10s} {r['mode']:10s} {100 * r['accuracy_mean']:>11.2f} +/- {100 * r['accuracy_std']:.2f}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .show import save_render
+
+    with open_container(args.path) as ds:
+        out = save_render(ds, args.index, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def _crops(value: str) -> int | str:
+    return value if value == "all" else int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ladd", description="Label-augmented distilled dataset containers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,6 +206,62 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_example)
+
+    s = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, ending in an accuracy table")
+    s.add_argument("--out", default="out/demo", help="folder for the container, labeler and results")
+    s.add_argument("--ipc", type=int)
+    s.add_argument("--seeds", type=int, help="trainings per method (mean +/- std when > 1)")
+    s.add_argument("--epochs", type=int, help="epochs per test-model training")
+    s.add_argument("--full", action="store_true", help="the paper's settings (meant for a GPU)")
+    s.add_argument("--device")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("train-labeler", help="train a ConvNet labeler on a source dataset")
+    s.add_argument("--source", default="fashion-mnist", help="fashion-mnist or a folder")
+    s.add_argument("--out", required=True, help="checkpoint folder (epoch_XX.pt per epoch)")
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--width", type=int)
+    s.add_argument("--images", type=int, help="train on a seeded subset of this many images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device")
+    s.set_defaults(func=_cmd_train_labeler)
+
+    s = sub.add_parser("augment", help="label every crop of distilled images and write a container")
+    s.add_argument("labeler", help="a checkpoint written by train-labeler (epoch_XX.pt)")
+    s.add_argument("out")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from", dest="source_container", help="relabel the images of this container")
+    src.add_argument("--random-real", help="use IPC random real images of this source (fashion-mnist or a folder)")
+    s.add_argument("--ipc", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=int, default=5)
+    s.add_argument("--ratio", type=float, default=0.625)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--encoding", default="float32")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--device")
+    s.set_defaults(func=_cmd_augment)
+
+    s = sub.add_parser("train", help="train and test models on a container (mean +/- std over seeds)")
+    s.add_argument("path")
+    s.add_argument("--test-source", default="fashion-mnist", help="where the real test split comes from")
+    s.add_argument("--mode", default="ladd", choices=["ladd", "hard", "soft", "crops-only"])
+    s.add_argument("--model", default="convnet", help="comma-separated: convnet,alexnet,vgg11,resnet18,vit")
+    s.add_argument("--seeds", type=int, default=1)
+    s.add_argument("--epochs", type=int, default=300)
+    s.add_argument("--lr", type=float, default=0.01)
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--crops", default="all", help="crops per image per step: all or k")
+    s.add_argument("--width", type=int)
+    s.add_argument("--ipc", type=int, help="train on the first IPC images of each class only")
+    s.add_argument("--device")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("show", help="draw an image beside its crops and their dense labels (PNG)")
+    s.add_argument("path")
+    s.add_argument("--index", type=int, default=0)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_cmd_show)
     return p
 
 
