@@ -69,10 +69,14 @@ class Labeler:
 
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Logits for images [B, C, H, W] on the 0..255 scale (normalised here)."""
-        mean = torch.tensor(self.config.mean, device=pixels.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.config.std, device=pixels.device).view(1, -1, 1, 1)
-        return self.model((pixels.float() / 255 - mean) / std).float()
+        """Logits for images [B, C, H, W] on the 0..255 scale (normalised here).
+
+        Runs on the labeler's device; the result comes back on the input's device.
+        """
+        dev = self.device
+        mean = torch.tensor(self.config.mean, device=dev).view(1, -1, 1, 1)
+        std = torch.tensor(self.config.std, device=dev).view(1, -1, 1, 1)
+        return self.model((pixels.to(dev).float() / 255 - mean) / std).float().to(pixels.device)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the weights (a plain state dict) and ``<path>.json`` with the config."""

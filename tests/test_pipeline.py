@@ -83,7 +83,9 @@ def test_labeler_checkpoints_reload_exactly(labeler, source):
     again = load_labeler(out / "epoch_02.pt", device="cpu")
     assert again.checkpoint_sha256 == lab.checkpoint_sha256 and again.epochs == 2
     x = torch.from_numpy(source.test_images[:8]).permute(0, 3, 1, 2)
-    assert torch.equal(again.logits(x), lab.logits(x))
+    assert torch.allclose(again.logits(x), lab.logits(x), atol=1e-4)  # lab may sit on a GPU
+    if lab.device.type == "cpu":
+        assert torch.equal(again.logits(x), lab.logits(x))
     prov = lab.provenance()
     assert prov["architecture"] == "convnet" and prov["training"]["lr"] == 0.01
     assert prov["training"]["batch_size"] == 256 and prov["source_dataset"] == source.name
@@ -98,7 +100,7 @@ def test_label_crops_is_algorithm_1(labeler, source):
     assert dense.shape == (3, 25, 10) and np.allclose(dense.sum(-1), 1, atol=1e-5)
     crops = UniformSampler().crops(torch.from_numpy(images).permute(0, 3, 1, 2))[1, 7:8]
     expected = torch.softmax(lab.logits(crops) / 2.0, -1).numpy()
-    assert np.allclose(dense[1, 7], expected[0], atol=1e-6)
+    assert np.allclose(dense[1, 7], expected[0], atol=1e-5)
     assert np.array_equal(dense, label_crops(images, lab, temperature=2.0, progress=False))
     with pytest.raises(ladd_format.InvalidInputError, match="expects"):
         label_crops(np.zeros((1, 32, 32, 3), np.uint8), lab, progress=False)
