@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the main job. Extra arguments go to the job.
+# Set up (idempotent) and run the main job: `ladd demo` on Fashion-MNIST. Extra arguments go
+# to `ladd demo` (e.g. --seeds 3, --full on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-mkdir -p out
-.venv/bin/ladd example out/example.ladd --overwrite "$@"
-.venv/bin/ladd inspect out/example.ladd
-.venv/bin/ladd validate out/example.ladd
+exec .venv/bin/ladd demo "$@"
