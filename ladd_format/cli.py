@@ -19,7 +19,7 @@ from .errors import LaddError
 from .testing import write_example
 
 
-def summary(ds: LaddDataset) -> dict[str, Any]:
+def _summary(ds: LaddDataset) -> dict[str, Any]:
     """What ``ladd inspect`` reports, as a JSON-ready dict."""
     m = ds.manifest
     stored = ds.stored_bytes()
@@ -73,7 +73,7 @@ def _fmt(values: list[float]) -> str:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     with open_container(args.path, verify=args.verify) as ds:
-        s = summary(ds)
+        s = _summary(ds)
     if args.json:
         print(json.dumps(s, indent=2))
     else:

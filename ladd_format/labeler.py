@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._device import resolve_device
 from ._write import write
 from .errors import InvalidInputError
 from .models import build_model
@@ -100,7 +101,7 @@ def load_labeler(path: str | os.PathLike[str], device: str | torch.device | None
                               "std": tuple(cfg["std"])})
     model = _build(config)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return Labeler(model.to(_device(device)), config, int(meta["epochs"]), _sha256(path))
+    return Labeler(model.to(resolve_device(device)), config, int(meta["epochs"]), _sha256(path))
 
 
 def train_labeler(
@@ -118,7 +119,7 @@ def train_labeler(
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise InvalidInputError("epochs and batch_size must be >= 1 and lr > 0")
-    dev = _device(device)
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     index = np.arange(len(source.train_labels))
@@ -199,10 +200,6 @@ def augment(
 def _build(config: LabelerConfig) -> torch.nn.Module:
     return build_model(config.architecture, config.in_channels, config.num_classes, config.image_size,
                        depth=config.depth, width=config.width)
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _sha256(path: Path) -> str:

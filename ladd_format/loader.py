@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._device import resolve_device
 from .dsa import STRATEGY, apply_dsa, sample_dsa
 from .errors import InvalidInputError
 from .sampler import UniformSampler
@@ -59,8 +60,7 @@ class DeviceLoader:
             raise InvalidInputError(f"augment must be 'dsa' or None, got {augment!r}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise InvalidInputError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-        self.device = torch.device(device if device is not None else
-                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.sampler = UniformSampler.from_spec(dataset.manifest.sampler)
         self.k = _crops_per_image(crops_per_image, self.sampler.num_crops)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._device import resolve_device
 from ._read import LaddDataset
 from ._read import open as open_container
 from .errors import InvalidInputError
@@ -82,7 +83,7 @@ def train(
     ds = open_container(dataset) if not isinstance(dataset, LaddDataset) else dataset
     if indices is not None:
         ds = ds.subset(indices)
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     info = ds.manifest.image
     torch.manual_seed(seed)
     net = build_model(model, info.channels, ds.num_classes, (info.height, info.width),
