@@ -1,4 +1,5 @@
-"""The ``ladd`` command line: inspect, validate, pack, example, demo, train-labeler, augment, train, show."""
+"""The ``ladd`` command line: inspect, validate, pack, example, demo, train-labeler, augment, train,
+show, import, export."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ._pack import pack
 from ._read import LaddDataset
 from ._read import open as open_container
 from .errors import LaddError
+from .importers import register_cli as register_import_export
 from .testing import write_example
 
 
@@ -262,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--index", type=int, default=0)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=_cmd_show)
+
+    register_import_export(sub)
     return p
 
 

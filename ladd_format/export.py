@@ -1,0 +1,133 @@
+"""Export a container to what existing evaluation scripts read: a PNG class folder, ``.pt`` or ``.npz``.
+
+``folder``: one PNG per image in one sub-folder per class (named by the zero-padded class
+index, since class names may hold characters no file system accepts), plus ``labels.csv``
+(index,file,label,class_name) in the container's order and ``classes.csv`` (label,class_name
+for every class, including any without images); ``ladd import folder`` reads them back.
+``pt`` / ``npz``: a flat dict of arrays, ``images`` NCHW as the field's code keeps them
+(uint8, or with ``normalized=True`` float32 normalised with the container's mean/std, like
+MTT's ``images_best.pt``), ``labels`` int64 [M], ``dense_labels`` float32 probabilities
+[M, n*n, K], ``mean`` and ``std`` float32 [C]; ``.npz`` adds ``class_names``. A ``.pt`` file
+holds tensors only, so ``torch.load(weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ._read import LaddDataset
+from ._read import open as open_container
+from .errors import ContainerExistsError, InvalidInputError
+
+FORMATS = ("folder", "pt", "npz")
+_PNG_BATCH = 256
+
+
+def export(path: str | os.PathLike[str], out: str | os.PathLike[str], *, format: str = "folder",  # noqa: A002
+           normalized: bool = False, overwrite: bool = False) -> Path:
+    """Write the container at ``path`` to ``out`` in ``format`` (see the module doc); return ``out``.
+
+    The result is built in a hidden sibling and renamed into place, so ``out`` is either
+    absent, the old content, or complete. An existing ``out`` is replaced only with ``overwrite``.
+    """
+    if format not in FORMATS:
+        raise InvalidInputError(f"export format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if normalized and format == "folder":
+        raise InvalidInputError("normalized applies to pt and npz; PNG images are always uint8")
+    target = Path(out)
+    if target.resolve() == Path(path).resolve():
+        raise InvalidInputError(f"{target} is the container being exported; choose another output")
+    if target.exists() and not overwrite:
+        raise ContainerExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    if target.exists() and target.is_dir() != (format == "folder"):
+        raise InvalidInputError(f"{target} exists and is a {'folder' if target.is_dir() else 'file'}; "
+                                f"refusing to replace it with a {format} export")
+    with open_container(path) as ds:
+        if format == "folder":
+            _publish(target, lambda tmp: _write_folder(ds, tmp))
+        else:
+            arrays = tensors(ds, normalized=normalized)
+            _publish(target, lambda tmp: _write_arrays(arrays, tmp, format, ds.class_names))
+    return target
+
+
+def tensors(ds: LaddDataset, *, normalized: bool = False) -> dict[str, np.ndarray]:
+    """The container as plain arrays in the export layout (images NCHW)."""
+    m = ds.manifest
+    mean = np.asarray(m.image.mean, dtype=np.float32)
+    std = np.asarray(m.image.std, dtype=np.float32)
+    images = np.ascontiguousarray(np.asarray(ds.images).transpose(0, 3, 1, 2))
+    if normalized:
+        images = (images.astype(np.float32) / 255 - mean[:, None, None]) / std[:, None, None]
+    return {"images": images, "labels": ds.labels.astype(np.int64),
+            "dense_labels": np.asarray(ds.dense_labels, dtype=np.float32), "mean": mean, "std": std}
+
+
+def _write_folder(ds: LaddDataset, folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir()
+    width = max(3, len(str(ds.num_classes - 1)))
+    digits = max(6, len(str(len(ds) - 1)))
+    names = ds.class_names
+    rows = []
+    for start in range(0, len(ds), _PNG_BATCH):
+        batch = ds.images[start:start + _PNG_BATCH]
+        for offset, image in enumerate(batch):
+            index = start + offset
+            label = int(ds.labels[index])
+            rel = f"{label:0{width}d}/{index:0{digits}d}.png"
+            (folder / rel).parent.mkdir(exist_ok=True)
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / rel, format="PNG")
+            rows.append((index, rel, label, names[label]))
+    _write_csv(folder / "labels.csv", ("index", "file", "label", "class_name"), rows)
+    _write_csv(folder / "classes.csv", ("label", "class_name"), list(enumerate(names)))
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _write_arrays(arrays: dict[str, np.ndarray], file: Path, kind: str, class_names: list[str]) -> None:
+    with file.open("wb") as f:
+        if kind == "pt":
+            import torch
+
+            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f)
+        else:
+            np.savez(f, **arrays, class_names=np.array(class_names, dtype=str))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _publish(target: Path, build: Callable[[Path], None]) -> None:
+    """Build into a hidden sibling, then rename it onto ``target`` (the old one moved aside first)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    try:
+        build(tmp)
+        if target.exists():
+            os.rename(target, aside)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if aside.exists():
+                os.rename(aside, target)
+            raise
+    finally:
+        for leftover in (tmp, aside):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif leftover.exists():
+                leftover.unlink()

@@ -1,0 +1,356 @@
+"""Importers: each code base's layout, exact uint8 recovery, provenance, refusals, the CLI."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _helpers import leftovers
+from PIL import Image
+
+import ladd_format
+from ladd_format.cli import main as cli_main
+from ladd_format import InvalidInputError
+from ladd_format.importers import (
+    HARD_LABELS_PROVENANCE,
+    NORMALIZATIONS,
+    SOFT_LABELS_PROVENANCE,
+    import_distilled,
+    read_distilled,
+)
+
+CIFAR10 = NORMALIZATIONS["cifar10"]
+
+
+class _Custom:
+    """A class only arbitrary unpickling can rebuild."""
+
+
+def _uint8(m: int, c: int = 3, size: int = 8, seed: int = 0) -> np.ndarray:
+    """uint8 NCHW: every channel a shuffled ramp, so it holds every value 0..255 when large enough."""
+    rng = np.random.default_rng(seed)
+    ramp = (np.arange(m * size * size) % 256).astype(np.uint8)
+    return np.stack([rng.permutation(ramp).reshape(m, size, size) for _ in range(c)], axis=1)
+
+
+def _normalise(u8: np.ndarray, stats) -> torch.Tensor:
+    """What torchvision's ToTensor + Normalize give: float32 (x / 255 - mean) / std."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
+    return (torch.from_numpy(u8).float() / 255 - mean) / std
+
+
+def _nhwc(u8: np.ndarray) -> np.ndarray:
+    return u8.transpose(0, 2, 3, 1)
+
+
+def _mtt_folder(root: Path, images: torch.Tensor, labels: torch.Tensor, lr: float | None = None) -> Path:
+    root.mkdir(parents=True)
+    torch.save(images, root / "images_best.pt")
+    torch.save(labels, root / "labels_best.pt")
+    if lr is not None:
+        torch.save(torch.tensor(lr), root / "lr_best.pt")
+    return root
+
+
+def _cli(argv: list[str]) -> int:
+    return cli_main(argv)
+
+
+@pytest.mark.parametrize("name", sorted(NORMALIZATIONS))
+def test_every_normalisation_recovers_every_uint8_value(tmp_path, name):
+    mean, _ = NORMALIZATIONS[name]
+    u8 = _uint8(10, c=len(mean))
+    labels = torch.arange(10)
+    src = _mtt_folder(tmp_path / "mtt", _normalise(u8, NORMALIZATIONS[name]), labels)
+    d = read_distilled("mtt", src, normalization=name)
+    assert d.images.dtype == np.uint8 and np.array_equal(d.images, _nhwc(u8))
+    assert d.clipped == 0 and d.distillation["details"]["normalization"]["name"] == name
+
+
+def test_mtt_folder_gives_exact_container_with_provenance(tmp_path):
+    u8 = _uint8(20)
+    labels = torch.arange(10).repeat_interleave(2)
+    src = _mtt_folder(tmp_path / "mtt", _normalise(u8, CIFAR10), labels)
+    out = import_distilled("mtt", src, tmp_path / "c.ladd", normalization="cifar10")
+    with ladd_format.open(out) as ds:
+        m = ds.manifest
+        assert np.array_equal(np.asarray(ds.images), _nhwc(u8))
+        assert np.array_equal(ds.labels, labels.numpy())
+        assert ds.class_names[:2] == ["airplane", "automobile"] and ds.num_classes == 10
+        assert np.array_equal(np.asarray(ds.dense_labels), np.repeat(np.eye(10)[labels][:, None], 25, axis=1))
+        assert m.image.mean == list(CIFAR10[0]) and m.image.std == list(CIFAR10[1])
+        assert m.labeler.architecture == HARD_LABELS_PROVENANCE
+        assert (m.distillation.method, m.distillation.source_dataset, m.distillation.ipc) == ("MTT", "cifar10", 2)
+        details = m.distillation.details
+        assert details["clipped_values"] == 0
+        assert set(details["imported_from"]["files"]) == {"images_best.pt", "labels_best.pt"}
+
+
+def test_explicit_files_and_cifar100_choice_is_explicit(tmp_path):
+    u8 = _uint8(4)
+    mtt_stats = NORMALIZATIONS["cifar100-mtt"]
+    torch.save(_normalise(u8, mtt_stats), tmp_path / "images_5000.pt")
+    torch.save(torch.tensor([0, 1, 2, 99]), tmp_path / "labels_5000.pt")
+    d = read_distilled("glad", tmp_path / "images_5000.pt", normalization="cifar100-mtt")
+    assert np.array_equal(d.images, _nhwc(u8)) and len(d.class_names) == 100
+    assert d.distillation["source_dataset"] == "cifar100" and d.distillation["method"] == "GLaD"
+    # The DC statistics give other pixels: the user has to say which ones the file used.
+    other = read_distilled("glad", tmp_path / "images_5000.pt", labels=tmp_path / "labels_5000.pt",
+                           normalization="cifar100")
+    assert not np.array_equal(other.images, d.images)
+    # MTT's un-whitened copy of ZCA runs pairs with the plain labels file.
+    (tmp_path / "images_5000.pt").rename(tmp_path / "images_zca_5000.pt")
+    zca_copy = read_distilled("mtt", tmp_path / "images_zca_5000.pt", normalization="cifar100-mtt")
+    assert np.array_equal(zca_copy.images, d.images)
+
+
+def test_explicit_mean_std_and_clipping_are_recorded(tmp_path):
+    u8 = _uint8(2, c=1, size=6)
+    x = _normalise(u8, ((0.5,), (0.25,)))
+    x[0, 0, 0, :3] = torch.tensor([-9.0, 9.0, 2.0])  # below 0, above 255, and exactly 255
+    src = _mtt_folder(tmp_path / "m", x, torch.tensor([0, 1]))
+    d = read_distilled("mtt", src, normalization=([0.5], [0.25]))
+    assert d.clipped == 2 and d.distillation["details"]["clipped_values"] == 2
+    assert list(d.images[0, 0, :3, 0]) == [0, 255, 255]
+    assert d.distillation["details"]["normalization"] == {"name": "explicit", "mean": [0.5], "std": [0.25]}
+    assert d.class_names == ["0", "1"]
+
+
+def test_tesla_probabilities_are_kept_as_repeated_dense_labels(tmp_path):
+    u8 = _uint8(6)
+    probs = torch.softmax(torch.randn(6, 10, generator=torch.Generator().manual_seed(0)) * 3, dim=1)
+    src = _mtt_folder(tmp_path / "t", _normalise(u8, CIFAR10), probs)
+    out = import_distilled("tesla", src, tmp_path / "c.ladd", normalization="cifar10", n=3)
+    with ladd_format.open(out) as ds:
+        m = ds.manifest
+        assert np.array_equal(ds.labels, probs.argmax(1).numpy())
+        assert np.array_equal(np.asarray(ds.dense_labels), np.repeat(probs.numpy()[:, None], 9, axis=1))
+        assert m.labeler.architecture == SOFT_LABELS_PROVENANCE and m.sampler.n == 3
+        soft = m.distillation.details["soft_labels"]
+        assert soft["kind"] == "probabilities" and soft["shape"] == [6, 10] and len(soft["sha256"]) == 64
+
+
+def test_datm_logits_and_learned_lr(tmp_path):
+    u8 = _uint8(4)
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(1)) * 4
+    src = _mtt_folder(tmp_path / "d", _normalise(u8, CIFAR10), logits, lr=0.0123)
+    out = import_distilled("datm", src, tmp_path / "c.ladd", normalization="cifar10")
+    with ladd_format.open(out) as ds:
+        m = ds.manifest
+        assert m.dense_labels.values == "logits"
+        assert np.array_equal(np.asarray(ds.dense_logits), np.repeat(logits.numpy()[:, None], 25, axis=1))
+        assert np.allclose(np.asarray(ds.dense_labels)[:, 0], torch.softmax(logits, 1).numpy(), atol=1e-6)
+        assert np.array_equal(ds.labels, logits.argmax(1).numpy())
+        assert m.distillation.details["learned_lr"] == pytest.approx(0.0123)
+        assert m.distillation.details["soft_labels"]["kind"] == "logits"
+        assert set(m.distillation.details["imported_from"]["files"]) >= {"lr_best.pt"}
+
+
+@pytest.mark.parametrize("kind", ["dc", "dsa", "dm"])
+def test_dc_result_file_picks_an_experiment(tmp_path, kind):
+    stats = NORMALIZATIONS["mnist"]
+    runs = [_uint8(4, c=1, size=7, seed=s) for s in range(3)]
+    labels = torch.tensor([0, 0, 1, 1])
+    body = {"data": [[_normalise(u, stats), labels] for u in runs],
+            "accs_all_exps": {"ConvNet": [0.91, 0.92, 0.93]}}
+    path = tmp_path / f"res_{kind.upper()}_MNIST_ConvNet_2ipc.pt"
+    torch.save(body, path)
+    d = read_distilled(kind, path, normalization="mnist", experiment=2)
+    assert np.array_equal(d.images, _nhwc(runs[2])) and d.class_names == [str(i) for i in range(10)]
+    details = d.distillation["details"]
+    assert (details["experiment"], details["experiments"]) == (2, 3)
+    assert details["accs_all_exps"] == {"ConvNet": pytest.approx([0.91, 0.92, 0.93])}
+    assert np.array_equal(read_distilled(kind, tmp_path, normalization="mnist").images, _nhwc(runs[0]))
+    with pytest.raises(InvalidInputError, match="experiment 3 out of range"):
+        read_distilled(kind, path, normalization="mnist", experiment=3)
+
+
+def _save_images(folder: Path, name: str, image: np.ndarray) -> np.ndarray:
+    """Save, then return what a decoder reads back (JPEG is lossy; the importer must match it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(folder / name)
+    with Image.open(folder / name) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_sre2l_and_rded_folders_use_the_class_numbers(tmp_path):
+    rng = np.random.default_rng(0)
+    pics = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    expected = [_save_images(tmp_path / "sre2l" / f"new{c:03d}", f"class{c:03d}_id{i:03d}.jpg", pics[2 * k + i])
+                for k, c in enumerate((0, 2)) for i in range(2)]
+    d = read_distilled("sre2l", tmp_path / "sre2l")
+    assert np.array_equal(d.images, np.stack(expected)) and list(d.labels) == [0, 0, 2, 2]
+    assert d.class_names == ["0", "1", "2"] and d.distillation["method"] == "SRe2L"
+    _save_images(tmp_path / "rded" / "00001", "class00001_id00000.jpg", pics[0])
+    out = import_distilled("rded", tmp_path / "rded", tmp_path / "c.ladd", dataset="cifar10")
+    with ladd_format.open(out) as ds:
+        assert list(ds.labels) == [1] and ds.class_names[1] == "automobile"
+        assert ds.manifest.distillation.method == "RDED"
+
+
+def test_any_class_folder_with_png_is_exact(tmp_path):
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (3, 10, 10), dtype=np.uint8)
+    for i, cls in enumerate(["cat", "cat", "dog"]):
+        _save_images(tmp_path / "src" / cls, f"{i}.png", grey[i])
+    out = import_distilled("folder", tmp_path / "src", tmp_path / "c.ladd", normalization="fashion-mnist")
+    with ladd_format.open(out) as ds:
+        assert np.array_equal(np.asarray(ds.images), grey[..., None]) and list(ds.labels) == [0, 0, 1]
+        assert ds.class_names == ["cat", "dog"]  # the folder's own names win over the dataset's
+        assert ds.manifest.image.mean == [0.2861]
+        assert ds.manifest.distillation.source_dataset == "fashion-mnist"
+    d = read_distilled("folder", tmp_path / "src", class_names=["a", "b"])
+    assert d.class_names == ["a", "b"] and d.mean is None
+
+
+def test_zca_needs_an_inverse_and_undoes_kornia_whitening(tmp_path):
+    u8 = _uint8(3, size=6)
+    x = _normalise(u8, CIFAR10).double().reshape(3, -1)
+    q, _ = torch.linalg.qr(torch.randn(108, 108, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    transform = q * 3.0
+    mean_vector = x.mean(0, keepdim=True)
+    z = ((x - mean_vector) @ transform).float().reshape(3, 3, 6, 6)  # kornia's linear_transform
+    src = _mtt_folder(tmp_path / "z", z, torch.tensor([0, 1, 2]))
+    with pytest.raises(InvalidInputError, match="ZCA-whitened.*images_zca_"):
+        read_distilled("mtt", src, normalization="cifar10", zca=True)
+    torch.save({"transform_inv": torch.linalg.inv(transform).float(), "mean_vector": mean_vector.float()},
+               tmp_path / "zca.pt")
+    d = read_distilled("mtt", src, normalization="cifar10", zca=True, zca_inverse=tmp_path / "zca.pt")
+    assert np.array_equal(d.images, _nhwc(u8))
+    assert d.distillation["details"]["zca"]["unwhitened_with"] == "zca.pt"
+    torch.save({"transform_inv": torch.eye(5), "mean_vector": torch.zeros(5)}, tmp_path / "bad.pt")
+    with pytest.raises(InvalidInputError, match=r"need \[108, 108\]"):
+        read_distilled("mtt", src, normalization="cifar10", zca=True, zca_inverse=tmp_path / "bad.pt")
+
+
+def _custom_pickle(path: Path) -> None:
+    torch.save({"images": torch.zeros(1), "extra": _Custom()}, path)
+
+
+def _plain_pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps({"x": 1}))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("case, match", [
+    ("images_3d", r"float \[M, C, H, W\]"),
+    ("count_mismatch", "M = 4 images"),
+    ("nan", "non-finite value at"),
+    ("unknown_normalization", "unknown normalisation 'cifar11'"),
+    ("no_normalization", "name the normalisation"),
+    ("channel_mismatch", "'mnist' has 1 channels, the images have 3"),
+    ("custom_class", "needs arbitrary unpickling.*_Custom.*not executed"),
+    ("plain_pickle", "needs arbitrary unpickling.*not executed"),
+    ("not_probabilities", "must be probabilities"),
+    ("float_hard_labels", r"must be \[M\] or \[M, K\]"),
+    ("label_out_of_range", "label 10 is out of range for 10 classes"),
+    ("missing_labels", "no such file"),
+])
+def test_malformed_inputs_are_refused_and_leave_nothing(tmp_path, case, match):
+    u8 = _uint8(4)
+    images, labels, norm = _normalise(u8, CIFAR10), torch.tensor([0, 1, 2, 3]), "cifar10"
+    if case == "images_3d":
+        images = images[:, 0]
+    elif case == "count_mismatch":
+        labels = labels[:3]
+    elif case == "nan":
+        images[1, 2, 3, 4] = float("nan")
+    elif case == "unknown_normalization":
+        norm = "cifar11"
+    elif case == "no_normalization":
+        norm = None
+    elif case == "channel_mismatch":
+        norm = "mnist"
+    elif case == "not_probabilities":
+        labels = torch.rand(4, 10)
+    elif case == "float_hard_labels":
+        labels = torch.rand(4, 10, 2)
+    elif case == "label_out_of_range":
+        labels = torch.tensor([0, 1, 2, 10])
+    src = _mtt_folder(tmp_path / "src", images, labels)
+    if case == "custom_class":
+        _custom_pickle(src / "images_best.pt")
+    elif case == "plain_pickle":
+        _plain_pickle(src / "labels_best.pt")
+    elif case == "missing_labels":
+        (src / "labels_best.pt").unlink()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InvalidInputError, match=match):
+        import_distilled("tesla", src, tmp_path / "out" / "c.ladd", normalization=norm)
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_malformed_result_file_and_folder(tmp_path):
+    torch.save({"data": []}, tmp_path / "res_DC.pt")
+    with pytest.raises(InvalidInputError, match="non-empty 'data' list"):
+        read_distilled("dc", tmp_path / "res_DC.pt", normalization="cifar10")
+    torch.save([1, 2], tmp_path / "res_DM.pt")
+    with pytest.raises(InvalidInputError, match="non-empty 'data' list"):
+        read_distilled("dm", tmp_path / "res_DM.pt", normalization="cifar10")
+    with pytest.raises(InvalidInputError, match="expected one res_\\*.pt file, found 2"):
+        read_distilled("dc", tmp_path, normalization="cifar10")
+    (tmp_path / "imgs" / "notanumber").mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match="does not end in a class number"):
+        read_distilled("sre2l", tmp_path / "imgs")
+    with pytest.raises(InvalidInputError, match="no images found"):
+        read_distilled("folder", tmp_path / "imgs")
+    with pytest.raises(InvalidInputError, match="unknown import kind"):
+        read_distilled("mtt2", tmp_path)
+    with pytest.raises(InvalidInputError, match="experiment applies to res_"):
+        read_distilled("mtt", tmp_path, normalization="cifar10", experiment=1)
+    (tmp_path / "outside.png").write_bytes(b"")
+    for row, match in [("0,../outside.png,0,a", "is not a file inside"), ("0,x.png,cat,a", "not an integer >= 0")]:
+        (tmp_path / "imgs" / "labels.csv").write_text(f"index,file,label,class_name\n{row}\n")
+        with pytest.raises(InvalidInputError, match=match):
+            read_distilled("folder", tmp_path / "imgs")
+
+
+def _tiny_labeler(path: Path) -> Path:
+    from ladd_format.labeler import Labeler, LabelerConfig
+    from ladd_format.models import build_model
+
+    torch.manual_seed(0)
+    config = LabelerConfig(architecture="convnet", in_channels=1, num_classes=10, image_size=(28, 28), width=8,
+                           depth=None, mean=(0.2861,), std=(0.3530,), source_dataset="fashion-mnist", training={})
+    model = build_model("convnet", 1, 10, (28, 28), width=8)
+    return Labeler(model, config, 1).save(path)
+
+
+def test_cli_import_chains_into_a_labeler(tmp_path, capsys):
+    from ladd_format.labeler import label_crops, load_labeler
+
+    u8 = _uint8(3, c=1, size=28)
+    probs = torch.softmax(torch.randn(3, 10, generator=torch.Generator().manual_seed(2)), 1)
+    src = _mtt_folder(tmp_path / "t", _normalise(u8, NORMALIZATIONS["fashion-mnist"]), probs)
+    checkpoint = _tiny_labeler(tmp_path / "labeler" / "epoch_01.pt")
+    out = tmp_path / "c.ladd"
+    assert _cli(["import", "tesla", str(src), str(out), "--normalization", "fashion-mnist",
+                 "--labeler", str(checkpoint), "--n", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "0 values clipped" in printed and f"wrote {out}" in printed
+    with ladd_format.open(out) as ds:
+        m = ds.manifest
+        want = label_crops(_nhwc(u8), load_labeler(checkpoint), sampler=ladd_format.UniformSampler(2),
+                           progress=False)
+        assert np.allclose(np.asarray(ds.dense_labels), want, atol=1e-6)
+        assert m.labeler.architecture == "convnet" and m.labeler.checkpoint_sha256 is not None
+        assert m.distillation.details["soft_labels"]["stored_as"].startswith("not stored")
+        assert ds.class_names[0] == "T-shirt/top"
+
+
+def test_cli_import_explicit_stats_and_errors(tmp_path, capsys):
+    u8 = _uint8(2, c=1, size=6)
+    src = _mtt_folder(tmp_path / "m", _normalise(u8, ((0.5,), (0.5,))), torch.tensor([0, 1]))
+    assert _cli(["import", "mtt", str(src), str(tmp_path / "c.ladd"), "--mean", "0.5", "--std", "0.5"]) == 0
+    assert "explicit statistics; 0 values clipped" in capsys.readouterr().out
+    with ladd_format.open(tmp_path / "c.ladd") as ds:
+        assert np.array_equal(np.asarray(ds.images), _nhwc(u8))
+    assert _cli(["import", "mtt", str(src), str(tmp_path / "d.ladd"), "--mean", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "InvalidInputError" in err and "go together" in err
+    assert _cli(["import", "mtt", str(src), str(tmp_path / "c.ladd"), "--mean", "0.5", "--std", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "ContainerExistsError" in err
