@@ -32,7 +32,8 @@ fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   say "installing ${TORCH_SPEC:-torch==2.13.0}"
-  "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
+  "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c 'import torch' || { echo "[setup] torch did not install" >&2; exit 1; }
 fi
 say "installing ladd_format and its test extras"
 "${pip[@]}" -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
