@@ -29,14 +29,13 @@ if [ ! -x .venv/bin/python ]; then
   fi
   say "created .venv with $("$py" --version)"
 fi
-pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)  # stderr filtered of local-index noise
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   say "installing ${TORCH_SPEC:-torch==2.13.0}"
-  "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c 'import torch' || { echo "[setup] torch did not install" >&2; exit 1; }
+  "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}" 2> >(grep -v "^WARNING: Location" >&2)
 fi
 say "installing ladd_format and its test extras"
-"${pip[@]}" -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+"${pip[@]}" -e ".[test]" 2> >(grep -v "^WARNING: Location" >&2)
 .venv/bin/python -c 'import ladd_format, torch, zarr; print(f"[setup] ladd_format {ladd_format.__version__}, torch {torch.__version__}, zarr {zarr.__version__}")'
 
 # Fashion-MNIST, the built-in real dataset.
