@@ -26,6 +26,7 @@ from .errors import (  # noqa: E402
     VersionError,
 )
 from .manifest import FORMAT_VERSION, Manifest  # noqa: E402
+from .storage import Overhead, overhead, reencode  # noqa: E402
 from . import manifest, testing  # noqa: E402
 
 # Names that need torch load on first use, so the container API imports fast.
@@ -55,10 +56,13 @@ __all__ = [
     "LaddError",
     "LazyArray",
     "Manifest",
+    "Overhead",
     "SchemaError",
     "UnsupportedEncodingError",
     "VersionError",
     "open",
+    "overhead",
     "pack",
+    "reencode",
     "write",
 ]

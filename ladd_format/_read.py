@@ -81,7 +81,8 @@ class LaddDataset:
         readers = {name: _zarr_reader(a) for name, a in arrays.items()}
         self.images = LazyArray(readers["images"], tuple(arrays["images"].shape), np.uint8)
         self.labels = readers["labels"](slice(None)).astype(np.int64)
-        decode = get_encoding(m.dense_labels.encoding, m.dense_labels.params).decoder(readers)
+        decode = get_encoding(m.dense_labels.encoding, m.dense_labels.params, m.num_classes,
+                              m.dense_labels.values).decoder(readers)
         self._dense_values = LazyArray(decode, (m.num_images, m.sampler.num_crops, m.num_classes), np.float32)
         if m.dense_labels.values == "logits":
             temperature = m.dense_labels.temperature
@@ -220,12 +221,13 @@ def _open(store: Store, where: str) -> LaddDataset:
     manifest = parse_manifest(body, where=f"{where}: manifest")
     if manifest.manifest_sha256 != manifest_digest(body):
         raise IntegrityError(f"{where}: the manifest was modified after writing (manifest_sha256 mismatch)")
+    dense = manifest.dense_labels
+    encoding = get_encoding(dense.encoding, dense.params, manifest.num_classes, dense.values)
     expected = {
         "images": ("uint8", (manifest.num_images, manifest.image.height, manifest.image.width,
                              manifest.image.channels)),
         "labels": (None, (manifest.num_images,)),
-        **get_encoding(manifest.dense_labels.encoding, manifest.dense_labels.params).stored_specs(
-            manifest.num_images, manifest.sampler.num_crops, manifest.num_classes),
+        **encoding.stored_specs(manifest.num_images, manifest.sampler.num_crops, manifest.num_classes),
     }
     if set(manifest.arrays) != set(expected):
         raise SchemaError(f"{where}: manifest lists arrays {sorted(manifest.arrays)}, expected {sorted(expected)}")

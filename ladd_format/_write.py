@@ -13,7 +13,7 @@ import zarr
 from pydantic import ValidationError
 
 from . import __version__
-from ._encodings import Encoding, resolve_encoding
+from ._encodings import Encoding, resolve_encoding, uint_dtype
 from ._store import array_digest, check_target, fsync_tree, is_zip_path, pack_dir, place, rows_per_block, staging_dir
 from .errors import InvalidInputError
 from .manifest import (
@@ -34,11 +34,12 @@ PROB_SUM_ATOL = 1e-3
 CHUNK_BYTES = 4 << 20
 """Writers chunk every array along the image axis only, about this many bytes a chunk."""
 
-DIMENSION_NAMES = {
-    "images": ("image", "height", "width", "channel"),
-    "labels": ("image",),
-    "dense_labels": ("image", "crop", "class"),
-}
+DIMENSION_NAMES = {"images": ("image", "height", "width", "channel"), "labels": ("image",)}
+"""Dimension names of the fixed arrays; the encoding names those of its own arrays."""
+
+DEFAULT_ENCODING = "uint8"
+"""The default for probabilities (logits default to float32): at 128x128x3, K = 10, N = 5 it
+costs a quarter of float32's bytes (benchmarks/results/storage.md)."""
 
 Compression = Literal["zstd", "gzip"] | None
 
@@ -53,7 +54,8 @@ def write(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     sampler: SamplerSpec | Mapping[str, Any] | Any | None = None,
-    encoding: str = "float32",
+    encoding: str | None = None,
+    encoding_params: Mapping[str, Any] | None = None,
     values: Literal["probs", "logits"] = "probs",
     temperature: float = 1.0,
     labeler: LabelerInfo | Mapping[str, Any] | None = None,
@@ -67,6 +69,14 @@ def write(
     ``images`` is uint8 [M, H, W, C] (C = 1 or 3), ``labels`` integers [M] in [0, K),
     ``dense_labels`` floats [M, n*n, K]: probabilities (rows sum to 1) or, with
     ``values="logits"``, logits that readers turn into softmax(logits / temperature).
+
+    ``encoding`` (SPEC.md section 5) is how dense labels are stored: ``"float32"`` (exact),
+    ``"float16"``, ``"uint8"`` / ``"uint16"`` (probabilities in steps of 1/255 or 1/65535,
+    rows summing to 1), or ``"topk"`` with ``encoding_params={"k": 5, "rule": "smoothing"}``
+    (or ``"renorm"``): the k largest classes per crop, for many classes. ``None`` means
+    ``"uint8"`` for probabilities and ``"float32"`` for logits (the compact encodings take
+    probabilities only). The container's ``format_version`` is the oldest that has the
+    encoding: 1.0 for float32/float16, 1.1 otherwise, so 1.0 readers keep reading it.
     Everything is validated before the first byte is written; a crash at any point leaves
     either no container at ``path`` or a complete one.
     """
@@ -76,11 +86,13 @@ def write(
     imgs = _as_numpy(images, "images")
     labs = _as_numpy(labels, "labels")
     dense = _as_numpy(dense_labels, "dense_labels")
-    enc = resolve_encoding(encoding)
     sampler_spec = _model(SamplerSpec, sampler, "sampler")
     _check_images(imgs, sampler_spec)
     num_images = imgs.shape[0]
     num_classes = _check_dense(dense, num_images, sampler_spec, values)
+    if encoding is None:
+        encoding = DEFAULT_ENCODING if values == "probs" else "float32"
+    enc = resolve_encoding(encoding, encoding_params, num_classes, values)
     labs = _check_labels(labs, num_images, num_classes)
     stored = {"images": imgs, "labels": labs.astype(_label_dtype(num_classes)), **enc.encode(dense)}
     _check_encoded(stored, enc)
@@ -98,7 +110,7 @@ def write(
                              temperature, labeler, distillation, extra, stored)
         check_target(target, overwrite)
         with staging_dir(target) as stage:
-            _write_arrays(stage, stored, compression)
+            _write_arrays(stage, stored, compression, {**DIMENSION_NAMES, **enc.dimension_names()})
             records = {name: ArrayRecord(dtype=str(a.dtype), shape=list(a.shape), sha256=digests[name].result())
                        for name, a in stored.items()}
             manifest = manifest.model_copy(update={"arrays": records})
@@ -123,13 +135,14 @@ def _manifest(imgs, labs, num_classes, class_names, mean, std, sampler_spec, enc
     num_images, height, width, channels = imgs.shape
     try:
         return Manifest(
+            format_version=enc.since,
             created_by=f"ladd_format {__version__}",
             num_images=num_images,
             num_classes=num_classes,
             class_names=[str(i) for i in range(num_classes)] if class_names is None else list(class_names),
             image=ImageInfo(height=height, width=width, channels=channels, mean=list(mean), std=list(std)),
             sampler=sampler_spec,
-            dense_labels=DenseLabelSpec(encoding=enc.name, values=values, temperature=temperature),
+            dense_labels=DenseLabelSpec(encoding=enc.name, params=enc.params, values=values, temperature=temperature),
             labeler=_model(LabelerInfo, labeler, "labeler"),
             distillation=distill,
             extra=dict(extra or {}),
@@ -140,7 +153,8 @@ def _manifest(imgs, labs, num_classes, class_names, mean, std, sampler_spec, enc
         raise InvalidInputError(f"metadata is invalid: {_describe(exc)}") from None
 
 
-def _write_arrays(stage: Path, arrays: Mapping[str, np.ndarray], compression: Compression) -> None:
+def _write_arrays(stage: Path, arrays: Mapping[str, np.ndarray], compression: Compression,
+                  dimension_names: Mapping[str, tuple[str, ...]]) -> None:
     codec = {"zstd": [zarr.codecs.ZstdCodec(level=3)], "gzip": [zarr.codecs.GzipCodec(level=5)],
              None: None}[compression]
     group = zarr.create_group(zarr.storage.LocalStore(stage), zarr_format=3)
@@ -151,7 +165,7 @@ def _write_arrays(stage: Path, arrays: Mapping[str, np.ndarray], compression: Co
             data=np.ascontiguousarray(data),
             chunks=(rows, *data.shape[1:]),
             compressors=codec,
-            dimension_names=DIMENSION_NAMES.get(name),
+            dimension_names=dimension_names[name],
             config={"write_empty_chunks": True},
         )
 
@@ -255,10 +269,10 @@ def _check_encoded(stored: Mapping[str, np.ndarray], enc: Encoding) -> None:
 
 
 def _label_dtype(num_classes: int) -> np.dtype:
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if num_classes - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise InvalidInputError(f"num_classes={num_classes} is too large")
+    try:
+        return uint_dtype(num_classes - 1)
+    except InvalidInputError:
+        raise InvalidInputError(f"num_classes={num_classes} is too large") from None
 
 
 def _channel_stats(imgs: np.ndarray) -> tuple[list[float], list[float]]:

@@ -1,5 +1,5 @@
 """The ``ladd`` command line: inspect, validate, pack, example, demo, train-labeler, augment, train,
-show, import, export."""
+show, import, export, overhead, encode."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ._read import LaddDataset
 from ._read import open as open_container
 from .errors import LaddError
 from .importers import register_cli as register_import_export
+from .storage import register_cli as register_storage
 from .testing import write_example
 
 
@@ -60,7 +61,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"              {per_class if len(per_class) < 400 else per_class[:400] + ' ...'}")
     print(f"  sampler     {smp['kind']} n={smp['n']} ({smp['n'] ** 2} crops) ratio={smp['ratio']} "
           f"rounding={smp['rounding']} resize={smp['resize']}")
-    print(f"  dense       {enc['encoding']} {enc['values']} (temperature {enc['temperature']})")
+    params = f" {enc['params']}" if enc["params"] else ""
+    print(f"  dense       {enc['encoding']}{params} {enc['values']} (temperature {enc['temperature']})")
     lab, dis = s["labeler"], s["distillation"]
     print(f"  labeler     {lab['architecture']}, {lab['epochs']} epochs, on {lab['source_dataset']}")
     print(f"  distilled   {dis['method']} on {dis['source_dataset']}, ipc {dis['ipc']}")
@@ -239,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=5)
     s.add_argument("--ratio", type=float, default=0.625)
     s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--encoding", default="float32")
+    s.add_argument("--encoding", help="dense-label encoding (default: uint8)")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--device")
     s.set_defaults(func=_cmd_augment)
@@ -266,6 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_show)
 
     register_import_export(sub)
+    register_storage(sub)
     return p
 
 

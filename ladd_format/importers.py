@@ -147,7 +147,7 @@ def read_distilled(
 
 def write_distilled(
     distilled: Distilled, out: str | os.PathLike[str], *, labeler: Any = None, n: int = 5, ratio: float = 0.625,
-    temperature: float = 1.0, encoding: str = "float32", overwrite: bool = False, progress: bool = False,
+    temperature: float = 1.0, encoding: str | None = None, overwrite: bool = False, progress: bool = False,
 ) -> Path:
     """Write ``distilled`` as a container: dense labels from ``labeler`` when given.
 
@@ -183,7 +183,7 @@ def write_distilled(
 
 def import_distilled(kind: str, src: str | os.PathLike[str], out: str | os.PathLike[str], *,
                      labeler: Any = None, n: int = 5, ratio: float = 0.625, temperature: float = 1.0,
-                     encoding: str = "float32", overwrite: bool = False, **read_kwargs: Any) -> Path:
+                     encoding: str | None = None, overwrite: bool = False, **read_kwargs: Any) -> Path:
     """:func:`read_distilled` then :func:`write_distilled`: one call from result files to container."""
     distilled = read_distilled(kind, src, **read_kwargs)
     return write_distilled(distilled, out, labeler=labeler, n=n, ratio=ratio, temperature=temperature,
@@ -516,7 +516,7 @@ def register_cli(subparsers: Any) -> None:
     s.add_argument("--n", type=int, default=5)
     s.add_argument("--ratio", type=float, default=0.625)
     s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--encoding", default="float32")
+    s.add_argument("--encoding", help="dense-label encoding (default: uint8 for probabilities, float32 for logits)")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--device")
     s.set_defaults(func=_cmd_import)

@@ -187,7 +187,7 @@ def augment(
     path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray, labeler: Labeler, *,
     sampler: UniformSampler | None = None, temperature: float = 1.0,
     distillation: Mapping[str, Any] | None = None, class_names: list[str] | None = None,
-    encoding: str = "float32", overwrite: bool = False, progress: bool = True, **write_kwargs: Any,
+    encoding: str | None = None, overwrite: bool = False, progress: bool = True, **write_kwargs: Any,
 ) -> Path:
     """Algorithm 1: label every crop of every distilled image and write the LADD container."""
     sampler = sampler or UniformSampler()

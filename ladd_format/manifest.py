@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 from .errors import SchemaError
 
 FORMAT_NAME = "ladd"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
+"""The newest format version this library reads and writes; the writer records the oldest
+version that has every feature a container uses (SPEC.md section 9)."""
 ATTRIBUTE_KEY = "ladd"
 
 _Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

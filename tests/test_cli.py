@@ -19,7 +19,7 @@ def test_example_inspect_validate_pack(tmp_path, capsys):
     assert cli(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     for fragment in ("20 x 32x32x3 uint8", "classes     10, images per class: 2", "uniform_grid n=5 (25 crops)",
-                     "float32 probs", "dense-label overhead", "synthetic-example"):
+                     "uint8 probs", "dense-label overhead", "synthetic-example"):
         assert fragment in text
 
     assert cli(["inspect", "--json", "--verify", str(path)]) == 0

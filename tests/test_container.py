@@ -72,7 +72,7 @@ def test_defaults_just_work(tmp_path):
         assert m.labeler.architecture == "unknown" and m.distillation.method == "unknown"
         assert m.distillation.ipc == 3 and ds.ipc == 3
         assert m.format_version == ladd_format.FORMAT_VERSION
-        assert (m.dense_labels.encoding, m.dense_labels.values) == ("float32", "probs")
+        assert (m.dense_labels.encoding, m.dense_labels.values) == ("uint8", "probs")
         flat = images.reshape(-1, 3) / 255
         assert np.allclose(m.image.mean, flat.mean(0)) and np.allclose(m.image.std, flat.std(0))
 
@@ -111,7 +111,7 @@ def test_logits_decode_to_softmax(tmp_path):
 
 def test_indexing(tmp_path):
     images, labels, dense = example_arrays(num_classes=5, ipc=4, size=8)
-    with ladd_format.open(ladd_format.write(tmp_path / "i.ladd", images, labels, dense)) as ds:
+    with ladd_format.open(ladd_format.write(tmp_path / "i.ladd", images, labels, dense, encoding="float32")) as ds:
         image, label, d = ds[7]
         assert np.array_equal(image, images[7]) and label == labels[7] and np.array_equal(d, dense[7])
         assert np.array_equal(ds.images[-1], images[-1])
@@ -233,7 +233,7 @@ def test_never_replaces_a_non_container(tmp_path):
 
 def test_stored_bytes_and_pack(tmp_path):
     images, labels, dense = example_arrays(num_classes=10, ipc=3, size=16)
-    path = ladd_format.write(tmp_path / "s.ladd", images, labels, dense, compression=None)
+    path = ladd_format.write(tmp_path / "s.ladd", images, labels, dense, encoding="float32", compression=None)
     with ladd_format.open(path) as ds:
         stored = ds.stored_bytes()
     assert set(stored) == {"images", "labels", "dense_labels"}
@@ -279,7 +279,8 @@ def test_subset_views(tmp_path):
     images, labels, dense = example_arrays(num_classes=3, ipc=4, size=8)
     logits = np.log(dense)
     for values, stored in (("probs", dense), ("logits", logits)):
-        path = ladd_format.write(tmp_path / f"{values}.ladd", images, labels, stored, values=values)
+        path = ladd_format.write(tmp_path / f"{values}.ladd", images, labels, stored, values=values,
+                                 encoding="float32")
         with ladd_format.open(path) as ds:
             idx = ds.balanced_indices(2)
             view = ds.subset(idx)

@@ -57,7 +57,7 @@ CHILD = textwrap.dedent("""
                 die_on(count)
         _store.os.rename = rename_
     images, labels, dense = example_arrays(num_classes=10, ipc=40, size=32, seed=int(overwrite))
-    ladd_format.write(target, images, labels, dense, overwrite=overwrite)
+    ladd_format.write(target, images, labels, dense, encoding="float32", overwrite=overwrite)
     print("finished")
 """)
 
@@ -96,7 +96,7 @@ def test_killed_writer_leaves_nothing_or_everything(tmp_path, suffix, point, cou
 def test_killed_overwrite_keeps_the_old_container(tmp_path, point, count):
     target = tmp_path / "c.ladd"
     images, labels, dense = example_arrays(num_classes=10, ipc=40, size=32, seed=0)
-    ladd_format.write(target, images, labels, dense)
+    ladd_format.write(target, images, labels, dense, encoding="float32")
     result = _run(target, point, count, overwrite=True)
     assert result.returncode == -signal.SIGKILL, result.stderr
     if target.exists():

@@ -24,6 +24,8 @@ def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     path = ladd_format.write(root / "c.ladd", images, labels, dense, compression="zstd")
     files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    with ladd_format.open(path) as ds:  # the default encoding is lossy: compare with its decoding
+        dense = np.asarray(ds.dense_labels)
     return path, files, (images, labels, dense)
 
 

@@ -29,7 +29,7 @@ def _write(path, num_images, size, channels, n=5, ratio=0.625, seed=0):
     p = codes / (num_images * n * n + 1)
     dense = np.stack([p, 1 - p], axis=-1).astype(np.float32)
     ladd_format.write(path, images, labels, dense, mean=MEAN[channels], std=STD[channels],
-                      sampler={"n": n, "ratio": ratio})
+                      sampler={"n": n, "ratio": ratio}, encoding="float32")
     return ladd_format.open(path)
 
 

@@ -13,7 +13,7 @@ fsspec = pytest.importorskip("fsspec")
 
 def test_file_url(tmp_path):
     images, labels, dense = example_arrays(num_classes=3, ipc=2, size=8)
-    path = ladd_format.write(tmp_path / "c.ladd", images, labels, dense)
+    path = ladd_format.write(tmp_path / "c.ladd", images, labels, dense, encoding="float32")
     with ladd_format.open(f"file://{path}") as ds:
         assert np.array_equal(np.asarray(ds.images), images)
         assert np.array_equal(np.asarray(ds.dense_labels), dense)

@@ -1,4 +1,4 @@
-"""Generates the frozen v1.0 container vectors. Run once; never regenerate silently.
+"""Generates the frozen container vectors (v1.0/, v1.1/). Run once; never regenerate silently.
 
     python spec/vectors/make_vectors.py
 
@@ -6,11 +6,14 @@ It refuses to touch a vector that already exists: a change to a committed vector
 format change and needs a new file under a new name (and a SPEC.md change log entry).
 Each vector ``NAME`` comes with ``NAME.expected.npz`` (images, labels, dense_labels as
 float32 probabilities, plus dense_values for logits vectors) and ``NAME.expected.json``
-(the manifest fields a reader must report).
+(the manifest fields a reader must report). v1.1 vectors also hold ``stored_NAME`` for every
+stored dense array (the bytes a reader must decode) and a folder's ``SHA256SUMS`` is written
+with its first vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -19,7 +22,7 @@ import numpy as np
 
 import ladd_format
 
-HERE = Path(__file__).parent / "v1.0"
+ROOT = Path(__file__).parent
 
 
 def _probs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -54,24 +57,69 @@ def _vectors() -> dict[str, dict]:
     }
 
 
-def main() -> int:
-    HERE.mkdir(parents=True, exist_ok=True)
-    for name, v in _vectors().items():
-        target = HERE / name
-        if target.exists():
-            print(f"{target} exists; left untouched (vectors are frozen)")
-            continue
-        ladd_format.write(target, v["images"], v["labels"], v["dense_labels"], **v["kwargs"])
-        ds = ladd_format.open(target)
+def _vectors_v11() -> dict[str, dict]:
+    """One container per encoding added in format 1.1, with ties, zeros and uint16 indices."""
+    rng = np.random.default_rng(20261127)
+    ties = _probs(rng, (5, 9, 5))
+    ties[0, 0] = [0.25, 0.25, 0.25, 0.25, 0.0]  # exact ties and an empty class
+    ties[0, 1] = [1.0, 0.0, 0.0, 0.0, 0.0]
+    ties[1, 0] = [0.0, 0.5, 0.5, 0.0, 0.0]  # 127.5 each: the left-over unit goes to the lower class
+    many = _probs(rng, (3, 4, 300))
+    many[0, 0] = 1 / 300  # flat: top-k by the lowest class indices
+    return {
+        "uint8_probs.ladd": dict(
+            images=rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8), labels=np.array([0, 1, 2, 3, 4]),
+            dense_labels=ties, kwargs=dict(encoding="uint8", compression="zstd", sampler={"n": 3})),
+        "uint16_probs.ladd.zip": dict(
+            images=rng.integers(0, 256, (4, 10, 12, 1), dtype=np.uint8), labels=np.array([3, 0, 2, 1]),
+            dense_labels=_probs(rng, (4, 4, 4)),
+            kwargs=dict(encoding="uint16", compression="gzip", sampler={"n": 2, "ratio": 0.5})),
+        "topk_smoothing.ladd": dict(
+            images=rng.integers(0, 256, (3, 6, 6, 1), dtype=np.uint8), labels=np.array([299, 0, 150]),
+            dense_labels=many,
+            kwargs=dict(encoding="topk", encoding_params={"k": 4, "rule": "smoothing"}, compression="zstd",
+                        sampler={"n": 2})),
+        "topk_renorm.ladd.zip": dict(
+            images=rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8), labels=np.array([0, 1, 2, 3, 4]),
+            dense_labels=ties, kwargs=dict(encoding="topk", encoding_params={"k": 2, "rule": "renorm"},
+                                           compression=None, sampler={"n": 3})),
+    }
+
+
+def _write_vector(folder: Path, name: str, v: dict) -> None:
+    target = folder / name
+    ladd_format.write(target, v["images"], v["labels"], v["dense_labels"], **v["kwargs"])
+    with ladd_format.open(target) as ds:
         arrays = dict(images=v["images"], labels=v["labels"].astype(np.int64),
                       dense_labels=np.asarray(ds.dense_labels))
         if ds.manifest.dense_labels.values == "logits":
             arrays["dense_values"] = v["dense_labels"]
-        np.savez(HERE / f"{name}.expected.npz", **arrays)
+        if folder.name != "v1.0":
+            arrays.update({f"stored_{a}": np.asarray(ds._arrays[a][:]) for a in ds.manifest.arrays
+                           if a not in ("images", "labels")})
+        np.savez(folder / f"{name}.expected.npz", **arrays)
         expected = ds.manifest.model_dump(mode="json", exclude={"created_by"})
-        (HERE / f"{name}.expected.json").write_text(json.dumps(expected, indent=1, ensure_ascii=False) + "\n")
-        ds.close()
-        print(f"wrote {target}")
+    (folder / f"{name}.expected.json").write_text(json.dumps(expected, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {target}")
+
+
+def _write_sums(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder).as_posix()}" for p in files]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    for version, vectors in (("v1.0", _vectors()), ("v1.1", _vectors_v11())):
+        folder = ROOT / version
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, v in vectors.items():
+            if (folder / name).exists():
+                print(f"{folder / name} exists; left untouched (vectors are frozen)")
+            else:
+                _write_vector(folder, name, v)
+        if not (folder / "SHA256SUMS").exists():
+            _write_sums(folder)
     return 0
 
 
