@@ -16,6 +16,7 @@ import numpy as np
 from ._pack import pack
 from ._read import LaddDataset
 from ._read import open as open_container
+from ._cli_args import add_labeling_options
 from .errors import LaddError
 from .importers import register_cli as register_import_export
 from .storage import register_cli as register_storage
@@ -238,12 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--random-real", help="use IPC random real images of this source (fashion-mnist or a folder)")
     s.add_argument("--ipc", type=int, default=10)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--n", type=int, default=5)
-    s.add_argument("--ratio", type=float, default=0.625)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--encoding", help="dense-label encoding (default: uint8)")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--device")
+    add_labeling_options(s)
     s.set_defaults(func=_cmd_augment)
 
     s = sub.add_parser("train", help="train and test models on a container (mean +/- std over seeds)")

@@ -16,7 +16,6 @@ import argparse
 import csv
 import hashlib
 import os
-import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cli_args import add_labeling_options
 from ._write import write
 from .errors import InvalidInputError
 from .sources import FASHION_MNIST_CLASSES
@@ -199,15 +199,15 @@ def load_pt(path: str | os.PathLike[str]) -> Any:
         raise InvalidInputError(f"{path}: no such file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:  # weights_only refusals arrive as the unpickler's own error type
+        if type(exc).__name__ != "UnpicklingError":
+            raise InvalidInputError(f"{path}: not a readable torch.save file ({exc})") from None
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f"it references the Python object {found.group(1)}" if found else \
             "it is not a tensors-only torch.save file"
         raise InvalidInputError(
             f"{path}: needs arbitrary unpickling ({what}); it was refused and not executed. "
             "Re-save it as tensors, numbers, lists and dicts only.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path}: not a readable torch.save file ({exc})") from None
 
 
 # -- readers ------------------------------------------------------------------------------
@@ -513,12 +513,7 @@ def register_cli(subparsers: Any) -> None:
     s.add_argument("--zca", action="store_true", help="the tensors are ZCA-whitened (cannot be detected)")
     s.add_argument("--zca-inverse", help="a .pt dict with kornia's transform_inv and mean_vector")
     s.add_argument("--labeler", help="label every crop with this checkpoint (from train-labeler)")
-    s.add_argument("--n", type=int, default=5)
-    s.add_argument("--ratio", type=float, default=0.625)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--encoding", help="dense-label encoding (default: uint8 for probabilities, float32 for logits)")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--device")
+    add_labeling_options(s)
     s.set_defaults(func=_cmd_import)
 
     s = subparsers.add_parser("export", help="write a container as a PNG folder, .pt or .npz")
