@@ -124,8 +124,9 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
     from ladd_format.labeler import train_labeler
     from ladd_format.sources import fashion_mnist, random_real
 
+    # The LADD container is written exactly (float32); every other encoding re-encodes it.
     settings = DemoSettings.reduced(ipc=args.ipc, seeds=args.seeds, epochs=args.epochs, model_width=args.width,
-                                    crops_per_image=args.crops)
+                                    crops_per_image=args.crops, encoding="float32")
     source = fashion_mnist()
     with tempfile.TemporaryDirectory(prefix="ladd-accuracy-") as tmp:
         out = Path(tmp)

@@ -40,6 +40,7 @@ class DemoSettings:
     batch_size: int = 256
     crops_per_image: int | str = "all"
     augment: str | None = "dsa"
+    encoding: str | None = None  # dense-label encoding of the containers (None: the writer's default)
 
     @classmethod
     def reduced(cls, **overrides: Any) -> DemoSettings:
@@ -86,7 +87,8 @@ def compare(out: Path, source: SourceDataset, labeler: Labeler, s: DemoSettings,
         details = {**provenance["details"], "train_indices": index[subset].tolist()}
         paths[ipc] = augment(out / f"{source.name}_ipc{ipc}.ladd", images[subset], labels[subset], labeler,
                              distillation={**provenance, "ipc": ipc, "details": details},
-                             class_names=list(source.class_names), overwrite=True, progress=progress)
+                             class_names=list(source.class_names), encoding=s.encoding, overwrite=True,
+                             progress=progress)
     runs = {"baseline": (paths[s.ipc], "hard"), "baseline++": (paths[s.ipc + 1], "hard"),
             "LADD": (paths[s.ipc], "ladd")}
     knobs = {"width": s.model_width} if model.startswith("convnet") else {}
