@@ -70,17 +70,29 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise InvalidInputError(f"{target} exists and is not a container; refusing to replace it")
 
 
+def sibling(target: Path, kind: str) -> Path:
+    """A unique hidden name beside ``target``: ``.NAME.KIND-RANDOM``."""
+    return target.parent / f".{target.name}.{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a directory tree, if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
 @contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
-    """A fresh hidden sibling of ``target``; removed unless it was moved into place."""
+    """A fresh hidden sibling directory of ``target``; removed unless it was moved into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    stage = sibling(target, "tmp")
     stage.mkdir()
     try:
         yield stage
     finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+        remove(stage)
 
 
 def fsync_tree(root: Path) -> None:
@@ -107,20 +119,22 @@ def place(source: Path, target: Path) -> None:
     """
     aside = None
     if target.exists():
-        aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        aside = sibling(target, "old")
         os.rename(target, aside)
-    os.rename(source, target)
+    try:
+        os.rename(source, target)
+    except OSError:
+        if aside is not None:
+            os.rename(aside, target)
+        raise
     _fsync(target.parent)
     if aside is not None:
-        if aside.is_dir():
-            shutil.rmtree(aside)
-        else:
-            aside.unlink()
+        remove(aside)
 
 
 def pack_dir(source: Path, target: Path) -> None:
     """Pack a container directory into a zip: ZIP_STORED, sorted keys, each key once."""
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = sibling(target, "tmp")
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for file in sorted(p for p in source.rglob("*") if p.is_file()):
@@ -128,5 +142,4 @@ def pack_dir(source: Path, target: Path) -> None:
         _fsync(tmp)
         place(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        remove(tmp)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from ._read import LaddDataset
 from ._read import open as open_container
+from ._store import place, remove, sibling
 from .errors import ContainerExistsError, InvalidInputError
 
 FORMATS = ("folder", "pt", "npz")
@@ -113,21 +112,9 @@ def _write_arrays(arrays: dict[str, np.ndarray], file: Path, kind: str, class_na
 def _publish(target: Path, build: Callable[[Path], None]) -> None:
     """Build into a hidden sibling, then rename it onto ``target`` (the old one moved aside first)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    tmp = sibling(target, "tmp")
     try:
         build(tmp)
-        if target.exists():
-            os.rename(target, aside)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if aside.exists():
-                os.rename(aside, target)
-            raise
+        place(tmp, target)
     finally:
-        for leftover in (tmp, aside):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            elif leftover.exists():
-                leftover.unlink()
+        remove(tmp)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._device import resolve_device
+from ._torch import normalise, resolve_device
 from ._write import write
 from .errors import InvalidInputError
 from .models import build_model
@@ -74,10 +74,8 @@ class Labeler:
 
         Runs on the labeler's device; the result comes back on the input's device.
         """
-        dev = self.device
-        mean = torch.tensor(self.config.mean, device=dev).view(1, -1, 1, 1)
-        std = torch.tensor(self.config.std, device=dev).view(1, -1, 1, 1)
-        return self.model((pixels.to(dev).float() / 255 - mean) / std).float().to(pixels.device)
+        x = normalise(pixels.to(self.device), self.config.mean, self.config.std)
+        return self.model(x).float().to(pixels.device)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the weights (a plain state dict) and ``<path>.json`` with the config."""
@@ -136,8 +134,6 @@ def train_labeler(
     images = torch.from_numpy(source.train_images[index]).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(source.train_labels[index])
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    mean = torch.tensor(source.mean, device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(source.std, device=dev).view(1, -1, 1, 1)
     labeler = Labeler(model, config, 0)
     bar = tqdm(total=epochs * len(index), desc="labeler", unit="img", disable=not progress)
     for epoch in range(1, epochs + 1):
@@ -145,7 +141,7 @@ def train_labeler(
         order = torch.randperm(len(index), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            x = (images[batch].to(dev).float() / 255 - mean) / std
+            x = normalise(images[batch].to(dev), source.mean, source.std)
             loss = F.cross_entropy(model(x), labels[batch].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()

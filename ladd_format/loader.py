@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._device import resolve_device
+from ._torch import channel_stats, normalise, resolve_device
 from .dsa import STRATEGY, apply_dsa, sample_dsa
 from .errors import InvalidInputError
 from .sampler import UniformSampler
@@ -73,8 +73,7 @@ class DeviceLoader:
         self._images = torch.from_numpy(images).to(dev).permute(0, 3, 1, 2).contiguous()
         self._labels = torch.from_numpy(labels).to(dev)
         self._dense = torch.from_numpy(dense).to(dev)
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        self._mean, self._std = channel_stats(mean, dev), channel_stats(std, dev)
 
     def __len__(self) -> int:
         m = len(self._labels)
@@ -91,7 +90,7 @@ class DeviceLoader:
     def _batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
         b, n2, dev = len(index), self.sampler.num_crops, self.device
         idx = index.to(dev, non_blocking=True)
-        images = _normalise(self._images.index_select(0, idx), self._mean, self._std)
+        images = normalise(self._images.index_select(0, idx), self._mean, self._std)
         if self.k == 0:  # full images only (hard- or soft-label training)
             crop_image = crop_id = torch.zeros(0, dtype=torch.int64, device=dev)
             crops = images.new_zeros((0, *images.shape[1:]))
@@ -132,8 +131,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.dataset = dataset
         self.sampler = UniformSampler.from_spec(dataset.manifest.sampler)
         info = dataset.manifest.image
-        self._mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self._std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._mean, self._std = info.mean, info.std
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -142,15 +140,11 @@ class CropDataset(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
         pixels = torch.from_numpy(np.array(self.dataset.images[i], dtype=np.uint8))
-        image = _normalise(pixels.permute(2, 0, 1)[None], self._mean, self._std)
+        image = normalise(pixels.permute(2, 0, 1)[None], self._mean, self._std)
         crops = self.sampler.crops(image)[0]
         dense = torch.from_numpy(np.array(self.dataset.dense_labels[i], dtype=np.float32))
         label = torch.tensor(int(self.dataset.labels[i]), dtype=torch.int64)
         return image[0], label, crops, dense
-
-
-def _normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (pixels.to(torch.float32) / 255 - mean) / std
 
 
 def _crops_per_image(k: int | str, total: int) -> int:

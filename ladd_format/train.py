@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._device import resolve_device
+from ._torch import normalise, resolve_device
 from ._read import LaddDataset
 from ._read import open as open_container
 from .errors import InvalidInputError
@@ -136,13 +136,11 @@ def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mea
              batch_size: int = 1024) -> float:
     """Top-1 accuracy of ``model`` on uint8 [N, H, W, C] images normalised with mean/std."""
     dev = next(model.parameters()).device
-    m = torch.tensor(list(mean), device=dev).view(1, -1, 1, 1)
-    s = torch.tensor(list(std), device=dev).view(1, -1, 1, 1)
     model.eval()
     correct = 0
     for start in range(0, len(labels), batch_size):
-        x = torch.tensor(images[start:start + batch_size], device=dev).permute(0, 3, 1, 2).float()
-        pred = model((x / 255 - m) / s).argmax(-1).cpu().numpy()
+        x = torch.tensor(images[start:start + batch_size], device=dev).permute(0, 3, 1, 2)
+        pred = model(normalise(x, mean, std)).argmax(-1).cpu().numpy()
         correct += int((pred == labels[start:start + batch_size]).sum())
     return correct / max(1, len(labels))
 
