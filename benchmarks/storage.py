@@ -154,20 +154,11 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
 
 
 def _run(path: Path, method: str, mode: str, settings, source, base_bytes: int, **fields) -> dict:
-    from ladd_format.train import evaluate, train
+    from ladd_format.demo import measure
 
     with ladd_format.open(path) as ds:
-        stored = ds.stored_bytes()
-        accs = [evaluate(train(ds, mode=mode, epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
-                               crops_per_image=settings.crops_per_image, augment=settings.augment, seed=seed,
-                               width=settings.model_width, progress=False).model,
-                         source.test_images, source.test_labels, source.mean, source.std)
-                for seed in range(settings.seeds)]
-        ipc = ds.ipc
-    nbytes = sum(stored.values()) if mode == "ladd" else stored["images"] + stored["labels"]
-    return {"method": method, "ipc": ipc, "labels": mode, "accuracy_mean": float(np.mean(accs)),
-            "accuracy_std": float(np.std(accs)), "accuracies": accs, "bytes": int(nbytes),
-            "overhead_percent": 100.0 * (nbytes - base_bytes) / base_bytes, **fields}
+        row = measure(ds, source, settings, mode, progress=False)
+    return {"method": method, **row, "overhead_percent": 100.0 * (row["bytes"] - base_bytes) / base_bytes, **fields}
 
 
 def _accuracy_table(rows: list[dict]) -> str:

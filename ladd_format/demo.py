@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._read import LaddDataset
 from ._read import open as open_container
 from .labeler import Labeler, augment, train_labeler
 from .sources import SourceDataset, fashion_mnist, random_real
-from .train import evaluate, train
+from .train import cross_architecture
 
 
 @dataclass(frozen=True)
@@ -91,24 +92,27 @@ def compare(out: Path, source: SourceDataset, labeler: Labeler, s: DemoSettings,
                              progress=progress)
     runs = {"baseline": (paths[s.ipc], "hard"), "baseline++": (paths[s.ipc + 1], "hard"),
             "LADD": (paths[s.ipc], "ladd")}
-    knobs = {"width": s.model_width} if model.startswith("convnet") else {}
     rows = []
     for method, (path, mode) in runs.items():
         with open_container(path) as ds:
-            stored = ds.stored_bytes()
-            accs = []
-            for seed in range(s.seeds):
-                result = train(ds, mode=mode, model=model, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
-                               crops_per_image=s.crops_per_image, augment=s.augment, seed=seed, device=device,
-                               progress=progress, **knobs)
-                accs.append(evaluate(result.model, source.test_images, source.test_labels, source.mean, source.std))
-        nbytes = stored["images"] + stored["labels"] + (stored["dense_labels"] if mode == "ladd" else 0)
-        rows.append({"method": method, "model": model, "ipc": s.ipc + (method == "baseline++"), "labels": mode,
-                     "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
-                     "accuracies": accs, "bytes": int(nbytes)})
+            rows.append({"method": method, **measure(ds, source, s, mode, model=model, device=device,
+                                                      progress=progress)})
     for row in rows:
         row["overhead_percent"] = 100.0 * (row["bytes"] - rows[0]["bytes"]) / rows[0]["bytes"]
     return rows, paths[s.ipc]
+
+
+def measure(ds: LaddDataset, source: SourceDataset, s: DemoSettings, mode: str, *, model: str = "convnet",
+            device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``s.seeds`` models on ``ds`` in ``mode``; their accuracy on the source's test split
+    and the bytes the method uses (images + labels, plus every dense-label array for LADD)."""
+    row = cross_architecture(ds, source.test_images, source.test_labels, models=(model,), seeds=s.seeds,
+                             mode=mode, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
+                             crops_per_image=s.crops_per_image, augment=s.augment, width=s.model_width,
+                             device=device, progress=progress)[0]
+    stored = ds.stored_bytes()
+    nbytes = sum(stored.values()) if mode == "ladd" else stored["images"] + stored["labels"]
+    return {**row, "ipc": ds.ipc, "labels": mode, "bytes": int(nbytes)}
 
 
 def format_table(report: dict[str, Any]) -> str:
