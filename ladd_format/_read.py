@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 from zarr.abc.store import Store
 
-from ._encodings import get_encoding
+from ._encodings import Encoding, get_encoding
 from ._store import array_digest, open_store, rows_per_block
 from .errors import IncompleteContainerError, IntegrityError, LaddError, SchemaError, VersionError
 from .manifest import ATTRIBUTE_KEY, FORMAT_NAME, FORMAT_VERSION, Manifest, manifest_digest, parse_manifest
@@ -72,7 +72,8 @@ class LazyArray:
 class LaddDataset:
     """An open container. Arrays are read lazily; labels are small and read at open."""
 
-    def __init__(self, store: Store, manifest: Manifest, arrays: dict[str, zarr.Array], location: str) -> None:
+    def __init__(self, store: Store, manifest: Manifest, arrays: dict[str, zarr.Array], location: str,
+                 encoding: Encoding) -> None:
         self._store = store
         self._arrays = arrays
         self.manifest = manifest
@@ -81,8 +82,7 @@ class LaddDataset:
         readers = {name: _zarr_reader(a) for name, a in arrays.items()}
         self.images = LazyArray(readers["images"], tuple(arrays["images"].shape), np.uint8)
         self.labels = readers["labels"](slice(None)).astype(np.int64)
-        decode = get_encoding(m.dense_labels.encoding, m.dense_labels.params, m.num_classes,
-                              m.dense_labels.values).decoder(readers)
+        decode = encoding.decoder(readers)
         self._dense_values = LazyArray(decode, (m.num_images, m.sampler.num_crops, m.num_classes), np.float32)
         if m.dense_labels.values == "logits":
             temperature = m.dense_labels.temperature
@@ -233,7 +233,7 @@ def _open(store: Store, where: str) -> LaddDataset:
         raise SchemaError(f"{where}: manifest lists arrays {sorted(manifest.arrays)}, expected {sorted(expected)}")
     arrays = {name: _open_array(group, name, manifest, dtype, shape, where)
               for name, (dtype, shape) in expected.items()}
-    dataset = LaddDataset(store, manifest, arrays, where)
+    dataset = LaddDataset(store, manifest, arrays, where, encoding)
     labels = dataset.labels
     if labels.size and (labels.min() < 0 or labels.max() >= manifest.num_classes):
         raise SchemaError(f"{where}: hard labels outside [0, {manifest.num_classes})")
