@@ -58,7 +58,7 @@ def main() -> None:
     started = time.perf_counter()
     source = fashion_mnist()
     labeler = train_labeler(source, width=args.labeler_width, epochs=args.labeler_epochs,
-                            train_subset=args.labeler_images, device=device, progress=not args.quiet)
+                            train_images=args.labeler_images, device=device, progress=not args.quiet)
     crops = args.crops if args.crops == "all" else int(args.crops)
     report = {"command": "python benchmarks/accuracy.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
@@ -67,8 +67,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for ipc in args.ipc:
             for model in args.models:
-                settings = DemoSettings.full(ipc=ipc, seeds=args.seeds, model_width=args.width,
-                                             epochs=args.epochs, crops_per_image=crops)
+                settings = DemoSettings.from_preset("paper", ipc=ipc, seeds=args.seeds,
+                                                    train={"width": args.width, "epochs": args.epochs,
+                                                           "crops_per_image": crops})
                 rows, _ = compare(Path(tmp) / f"ipc{ipc}", source, labeler, settings, model=model,
                                   device=device, progress=not args.quiet)
                 for row in rows:

@@ -3,15 +3,20 @@
 Measured in one run, all delivering normalised crops on ``--device``:
 
 - crop paths: ``UniformSampler.crops`` per path and dtype (what ``path="auto"`` picks);
-- loader: ``DeviceLoader`` over an in-memory dataset (all crops, k = 5, with DSA, bf16);
+- loader: ``DeviceLoader`` over a uint8-encoded container (all crops, k = 5, with DSA, bf16);
 - PIL pipeline: a Dataset that crops and resizes each crop with PIL, through a
   ``torch.utils.data.DataLoader`` with worker processes;
 - disk: the same crops pre-computed into a memory-mapped .npy (float32, page cache warm,
   so an upper bound for a real disk), gathered per shuffled batch and copied to the device;
 - copy floor: a device copy of one batch's output bytes.
 
+``--memory`` measures instead what opening and loading a top-5 container costs (4,000
+images at 64 px, K = 1,000 by default): peak RSS of a fresh process after import, open and
+load, and the bytes the loader holds against the stored arrays' bytes.
+
 Prints everything (no assertions); ``--json PATH`` also writes the figures.
-Usage: ``python benchmarks/loader.py --size 128 --images 256 --device cuda``.
+Usage: ``python benchmarks/loader.py --size 128 --images 256 --device cuda``;
+``python benchmarks/loader.py --memory --device cpu``.
 """
 
 from __future__ import annotations
@@ -20,34 +25,83 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import ladd_format  # noqa: E402
 from ladd_format.loader import DeviceLoader  # noqa: E402
-from ladd_format.manifest import SamplerSpec  # noqa: E402
 from ladd_format.sampler import PATHS, UniformSampler  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def _dataset(m, size, k_classes=10, seed=0):
+def _dataset(folder, m, size, k_classes=10, seed=0, **write_kwargs):
+    """A container of random images and dense labels, written to ``folder`` and opened."""
     rng = np.random.default_rng(seed)
     dense = rng.random((m, 25, k_classes), dtype=np.float32)
-    return SimpleNamespace(
-        images=rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8),
-        labels=rng.integers(0, k_classes, m), dense_labels=dense / dense.sum(-1, keepdims=True),
-        num_classes=k_classes, __len__=lambda: m,
-        manifest=SimpleNamespace(sampler=SamplerSpec(), image=SimpleNamespace(mean=MEAN, std=STD)),
-    )
+    dense /= dense.sum(-1, keepdims=True)
+    path = ladd_format.write(Path(folder) / "bench.ladd", rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8),
+                             rng.integers(0, k_classes, m), dense, mean=MEAN, std=STD, **write_kwargs)
+    return ladd_format.open(path)
+
+
+def _peak_rss():
+    """Peak resident set of this process, bytes. Linux's VmHWM: ru_maxrss would also count
+    the parent's resident set when the process was forked."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        return next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines()
+                    if line.startswith("VmHWM:"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+
+
+def measure_load(path, device):
+    """Peak RSS after import, open and load of ``path`` in this (fresh) process, and the
+    bytes the loader holds beside the stored arrays' bytes (uncompressed and compressed)."""
+    figures = {"rss_import": _peak_rss()}
+    ds = ladd_format.open(path)
+    figures["rss_open"] = _peak_rss()
+    loader = DeviceLoader(ds, batch_size=256, device=device, crops_per_image=5, augment=None)
+    figures["rss_load"] = _peak_rss()
+    next(iter(loader))
+    figures["rss_batch"] = _peak_rss()
+    figures["held"] = loader.memory()
+    figures["stored"] = {name: a.nbytes for name, a in ds._arrays.items()}
+    figures["stored_compressed"] = ds.stored_bytes()
+    figures["decoded_dense"] = len(ds) * ds.manifest.sampler.num_crops * ds.num_classes * 4
+    return figures
+
+
+def bench_memory(args, device):
+    """:func:`measure_load` of a top-5 container, in a fresh process."""
+    with tempfile.TemporaryDirectory() as folder:
+        ds = _dataset(folder, args.memory_images, args.memory_size, k_classes=args.memory_classes,
+                      encoding="topk", encoding_params={"k": 5, "rule": "smoothing"})
+        ds.close()
+        out = subprocess.run([sys.executable, __file__, "--measure-load", ds.location, "--device", str(device)],
+                             check=True, capture_output=True, text=True).stdout
+    figures = json.loads(out)
+    held = sum(figures["held"]["device"].values()) + sum(figures["held"]["host"].values())
+    stored = figures["stored"]
+    figures["held_over_stored"] = held / (stored["images"] + stored["dense_labels"] + stored["dense_index"])
+    print(f"top-5 container: {args.memory_images} images at {args.memory_size} px, K = {args.memory_classes}, "
+          f"{sum(figures['stored_compressed'].values()) / 1e6:.1f} MB stored")
+    for key in ("rss_import", "rss_open", "rss_load", "rss_batch"):
+        print(f"  peak RSS after {key[4:]:<8} {figures[key] / 2**20:10.1f} MiB")
+    print(f"  loader holds {held / 2**20:.1f} MiB = {figures['held_over_stored']:.3f} x the stored images and "
+          f"dense arrays ({figures['held']}); decoded float32 labels would be "
+          f"{figures['decoded_dense'] / 2**20:.1f} MiB")
+    return figures
 
 
 def _sync(device):
@@ -133,7 +187,7 @@ class _PilCrops(torch.utils.data.Dataset):
 
 def bench_pil(ds, device, batch, workers, repeats):
     loader = torch.utils.data.DataLoader(
-        _PilCrops(ds.images, ds.dense_labels), batch_size=8, shuffle=True,
+        _PilCrops(np.asarray(ds.images), np.asarray(ds.dense_labels)), batch_size=8, shuffle=True,
         num_workers=workers, persistent_workers=workers > 0,
         pin_memory=device.type == "cuda")
     count = []
@@ -153,7 +207,7 @@ def bench_disk(ds, device, batch, repeats, folder):
     """Pre-computed float32 crops in a .npy, memory-mapped, gathered per shuffled batch."""
     s = UniformSampler()
     path = Path(folder) / "crops.npy"
-    x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.asarray(ds.images)).permute(0, 3, 1, 2).float()
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
                                       shape=(len(x), 25, *x.shape[1:]))
@@ -162,7 +216,7 @@ def bench_disk(ds, device, batch, repeats, folder):
     store.flush()
     del store
     arr = np.load(path, mmap_mode="r")
-    dense = ds.dense_labels
+    dense = np.asarray(ds.dense_labels)
     rng = np.random.default_rng(0)
     count = []
 
@@ -200,19 +254,35 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats (and at most 64 images on CPU)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--memory", action="store_true", help="measure memory, not speed")
+    parser.add_argument("--memory-images", type=int, default=4000)
+    parser.add_argument("--memory-size", type=int, default=64)
+    parser.add_argument("--memory-classes", type=int, default=1000)
+    parser.add_argument("--measure-load", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.measure_load:
+        print(json.dumps(measure_load(args.measure_load, device)))
+        return 0
+    if args.memory:
+        figures = bench_memory(args, device)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(figures, indent=2))
+        return 0
     cpu_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     images = min(args.images, 64) if args.quick and device.type == "cpu" else args.images
     batch = args.batch_size or (images if device.type == "cuda" else min(images, 32))
     repeats = 2 if args.quick else 5
     workers = args.workers if args.workers is not None else cpu_cores
     threads = torch.get_num_threads()
-    ds = _dataset(images, args.size)
+    folder = tempfile.TemporaryDirectory()
+    ds = _dataset(folder.name, images, args.size, encoding="uint8")
     results = {
         "device": str(device), "device_name": _device_name(device), "torch": torch.__version__,
-        "size": args.size, "images": images, "batch_images": batch, "crops_per_batch": batch * 25,
+        "size": args.size, "images": images, "encoding": "uint8", "batch_images": batch,
+        "crops_per_batch": batch * 25,
         "cpu_cores": cpu_cores, "torch_threads": threads, "pil_workers": workers,
         "auto_path": UniformSampler.auto_path(device), "crops_per_s": {}, "errors": {},
     }
@@ -260,9 +330,7 @@ def main(argv=None):
     run("loader (all crops, DSA)", lambda: bench_loader(ds, device, batch, repeats,
                                                         augment="dsa"))
     run("PIL pipeline (DataLoader)", lambda: bench_pil(ds, device, batch, workers, repeats))
-    with tempfile.TemporaryDirectory() as folder:
-        disk = run("disk (mmap .npy, float32)", lambda: bench_disk(ds, device, batch, repeats,
-                                                                   folder))
+    disk = run("disk (mmap .npy, float32)", lambda: bench_disk(ds, device, batch, repeats, folder.name))
     if disk:
         results["disk_bytes"] = disk[1]
     run("copy floor (device copy)", lambda: bench_copy(device, args.size, batch, repeats))
@@ -300,6 +368,8 @@ def main(argv=None):
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")
+    ds.close()
+    folder.cleanup()
     return 0
 
 

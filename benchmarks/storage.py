@@ -125,13 +125,13 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
     from ladd_format.sources import fashion_mnist, random_real
 
     # The LADD container is written exactly (float32); every other encoding re-encodes it.
-    settings = DemoSettings.reduced(ipc=args.ipc, seeds=args.seeds, epochs=args.epochs, model_width=args.width,
-                                    crops_per_image=args.crops, encoding="float32")
+    settings = DemoSettings.from_preset("cpu", ipc=args.ipc, seeds=args.seeds, encoding="float32",
+                                        train={"epochs": args.epochs, "width": args.width,
+                                               "crops_per_image": args.crops})
     source = fashion_mnist()
     with tempfile.TemporaryDirectory(prefix="ladd-accuracy-") as tmp:
         out = Path(tmp)
-        labeler = train_labeler(source, width=settings.labeler_width, epochs=settings.labeler_epochs,
-                                train_subset=settings.labeler_images, out_dir=out / "labeler", progress=False)
+        labeler = train_labeler(source, **settings.labeler, out_dir=out / "labeler", progress=False)
         rows, ladd_path = compare(out, source, labeler, settings, progress=False)
         rows[-1]["encoding"] = "float32"
         base_bytes = rows[0]["bytes"]
@@ -163,9 +163,10 @@ def _run(path: Path, method: str, mode: str, settings, source, base_bytes: int, 
 
 def _accuracy_table(rows: list[dict]) -> str:
     s = rows[0]["settings"]
-    lines = [f"\n## Accuracy (Fashion-MNIST, ConvNet width {s['model_width']}, {s['epochs']} epochs, "
-             f"{s['crops_per_image']} crops per image per step, {s['seeds']} seeds, labeler width "
-             f"{s['labeler_width']} on {s['labeler_images']} images, {s['labeler_epochs']} epochs)\n",
+    t, lab = s["train"], s["labeler"]
+    lines = [f"\n## Accuracy (Fashion-MNIST, ConvNet width {t['width']}, {t['epochs']} epochs, "
+             f"{t['crops_per_image']} crops per image per step, {s['seeds']} seeds, labeler width "
+             f"{lab['width']} on {lab['train_images']} images, {lab['epochs']} epochs)\n",
              "| method | IPC | encoding | test accuracy (%) | bytes | vs baseline |", "|---|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['ipc']} | {r.get('encoding', '-')} | {100 * r['accuracy_mean']:.2f} "

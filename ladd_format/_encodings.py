@@ -1,19 +1,25 @@
 """Dense-label encodings: how [M, N*N, K] float labels become stored arrays and back.
 
 An encoding owns the arrays it stores (by name) and decodes any slice along the image
-axis. The manifest names the encoding and its parameters; readers refuse names or
-parameters they do not know. ``float32`` and ``float16`` are format 1.0; the quantised
-(``uint8``, ``uint16``) and sparse (``topk``) encodings are format 1.1 (SPEC.md section 5).
+axis with numpy (:meth:`Encoding.decoder`), or stored rows already on a torch device with
+torch (:meth:`Encoding.torch_decode`, the same bits). The manifest names the encoding and
+its parameters; readers refuse names or parameters they do not know. ``float32`` and
+``float16`` are format 1.0; the quantised (``uint8``, ``uint16``) and sparse (``topk``)
+encodings are format 1.1 (SPEC.md section 5).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InvalidInputError, SchemaError, UnsupportedEncodingError
+
+if TYPE_CHECKING:  # torch is imported only by the torch decoders, so the format stays torch-free
+    import torch
 
 DENSE_ARRAY = "dense_labels"
 INDEX_ARRAY = "dense_index"
@@ -58,6 +64,17 @@ class Encoding:
         read = readers[DENSE_ARRAY]
         return lambda selection: np.asarray(read(selection), dtype=np.float32)
 
+    def check(self, stored: Mapping[str, np.ndarray]) -> None:
+        """Raise :class:`SchemaError` where stored rows break the encoding's rules; the numpy
+        decoder checks every selection, a torch user checks the rows once before uploading."""
+
+    def torch_decode(self, stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """float32 values of stored rows [..., last] (already checked), on their device: the
+        same bits as :meth:`decoder` gives for those rows."""
+        import torch
+
+        return stored[DENSE_ARRAY].to(torch.float32)
+
 
 @dataclass(frozen=True)
 class Quantised(Encoding):
@@ -85,11 +102,20 @@ class Quantised(Encoding):
 
         def decode(selection: object) -> np.ndarray:
             q = np.asarray(read(selection))
-            if (q.sum(axis=-1, dtype=np.int64) != scale).any():
-                raise SchemaError(f"{DENSE_ARRAY}: a row does not sum to {scale} as {self.name!r} requires")
+            self.check({DENSE_ARRAY: q})
             return q.astype(np.float32) / np.float32(scale)
 
         return decode
+
+    def check(self, stored: Mapping[str, np.ndarray]) -> None:
+        if (stored[DENSE_ARRAY].sum(axis=-1, dtype=np.int64) != self.scale).any():
+            raise SchemaError(f"{DENSE_ARRAY}: a row does not sum to {self.scale} as {self.name!r} requires")
+
+    def torch_decode(self, stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        import torch
+
+        q = stored[DENSE_ARRAY].to(torch.float32)
+        return q / _torch_float32(self.scale, q)
 
 
 @dataclass(frozen=True)
@@ -141,25 +167,51 @@ class TopK(Encoding):
 
         def decode(selection: object) -> np.ndarray:
             q = np.asarray(read_values(selection))
-            index = np.asarray(read_index(selection)).astype(np.int64)
+            index = np.asarray(read_index(selection))
+            self.check({DENSE_ARRAY: q, INDEX_ARRAY: index})
+            index = index.astype(np.int64)
             total = q.sum(axis=-1, dtype=np.int64)
-            ordered = np.sort(index, axis=-1)
-            if index.size and (index.max() >= num_classes or (ordered[..., 1:] == ordered[..., :-1]).any()):
-                raise SchemaError(f"{INDEX_ARRAY}: class indices must be distinct and below {num_classes}")
             if smoothing:
-                if (total > 255).any():
-                    raise SchemaError(f"{DENSE_ARRAY}: top-k values sum to more than 255")
                 out = np.empty((*q.shape[:-1], num_classes), np.float32)
                 out[...] = ((255 - total).astype(np.float32) / np.float32(255 * (num_classes - k)))[..., None]
                 np.put_along_axis(out, index, q.astype(np.float32) / np.float32(255), axis=-1)
             else:
-                if (total == 0).any():
-                    raise SchemaError(f"{DENSE_ARRAY}: a row of top-k values is all zero")
                 out = np.zeros((*q.shape[:-1], num_classes), np.float32)
                 np.put_along_axis(out, index, q.astype(np.float32) / total.astype(np.float32)[..., None], axis=-1)
             return out
 
         return decode
+
+    def check(self, stored: Mapping[str, np.ndarray]) -> None:
+        q, index = stored[DENSE_ARRAY], stored[INDEX_ARRAY].astype(np.int64)
+        total = q.sum(axis=-1, dtype=np.int64)
+        ordered = np.sort(index, axis=-1)
+        if index.size and (index.max() >= self.num_classes or (ordered[..., 1:] == ordered[..., :-1]).any()):
+            raise SchemaError(f"{INDEX_ARRAY}: class indices must be distinct and below {self.num_classes}")
+        if self.rule == "smoothing" and (total > 255).any():
+            raise SchemaError(f"{DENSE_ARRAY}: top-k values sum to more than 255")
+        if self.rule == "renorm" and (total == 0).any():
+            raise SchemaError(f"{DENSE_ARRAY}: a row of top-k values is all zero")
+
+    def torch_decode(self, stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        import torch
+
+        q, index = stored[DENSE_ARRAY], stored[INDEX_ARRAY].to(torch.int64)
+        total = q.sum(dim=-1, keepdim=True, dtype=torch.int64).to(torch.float32)
+        values = q.to(torch.float32)
+        shape = (*q.shape[:-1], self.num_classes)
+        if self.rule == "smoothing":
+            rest = (255 - total) / _torch_float32(255 * (self.num_classes - self.k), values)
+            return rest.expand(shape).contiguous().scatter_(-1, index, values / _torch_float32(255, values))
+        return values.new_zeros(shape).scatter_(-1, index, values / total)
+
+
+def _torch_float32(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a float32 tensor on ``like``'s device. A divisor must be a tensor there:
+    CUDA divides by a Python number as a product with its reciprocal, off by one bit at times."""
+    import torch
+
+    return torch.full((), float(value), dtype=torch.float32, device=like.device)
 
 
 def _normalised(values: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from zarr.abc.store import Store
 
 from ._encodings import Encoding, get_encoding
 from ._store import array_digest, open_store, rows_per_block
-from .errors import IncompleteContainerError, IntegrityError, LaddError, SchemaError, VersionError
+from .errors import IncompleteContainerError, IntegrityError, InvalidInputError, LaddError, SchemaError, VersionError
 from .manifest import ATTRIBUTE_KEY, FORMAT_NAME, FORMAT_VERSION, Manifest, manifest_digest, parse_manifest
 
 SUPPORTED_MAJOR = int(FORMAT_VERSION.split(".")[0])
@@ -78,6 +79,8 @@ class LaddDataset:
         self._arrays = arrays
         self.manifest = manifest
         self.location = location
+        self.encoding = encoding
+        self._rows: np.ndarray | None = None  # a view's rows of the container; None: all of them
         m = manifest
         readers = {name: _zarr_reader(a) for name, a in arrays.items()}
         self.images = LazyArray(readers["images"], tuple(arrays["images"].shape), np.uint8)
@@ -119,12 +122,23 @@ class LaddDataset:
         if index.size and (index.min() < 0 or index.max() >= len(self)):
             raise IndexError(f"subset indices out of range for {len(self)} images")
         view = copy.copy(self)
+        view._rows = index if self._rows is None else self._rows[index]
         view.labels = self.labels[index]
         view.images = _follow(self.images, index)
         view._dense_values = _follow(self._dense_values, index)
         view.dense_labels = view._dense_values if self.dense_labels is self._dense_values \
             else _follow(self.dense_labels, index)
         return view
+
+    def stored_dense(self) -> dict[str, LazyArray]:
+        """The encoding's stored arrays, undecoded, for this dataset's (or view's) rows: what
+        a loader keeps on a device instead of the decoded float32 labels."""
+        out = {}
+        for name in self.encoding.dimension_names():
+            array = self._arrays[name]
+            whole = LazyArray(_zarr_reader(array), tuple(array.shape), array.dtype)
+            out[name] = whole if self._rows is None else _follow(whole, self._rows)
+        return out
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int, np.ndarray]:
         """(image uint8 [H, W, C], hard label, dense label float32 [n*n, K])."""
@@ -157,12 +171,22 @@ class LaddDataset:
         """The first ``ipc`` images of every class, class by class (e.g. IPC 10 out of 11)."""
         counts = self.class_counts
         if ipc < 1 or ipc > counts.min():
-            raise ValueError(f"ipc must be in [1, {counts.min()}] for this container, got {ipc}")
+            raise InvalidInputError(f"ipc must be in [1, {counts.min()}] for this container, got {ipc}")
         return np.concatenate([self.class_indices(c)[:ipc] for c in range(self.num_classes)])
 
     def stored_bytes(self) -> dict[str, int]:
-        """Bytes each array occupies in the store (chunks and metadata, after compression)."""
-        return {name: int(a.nbytes_stored()) for name, a in self._arrays.items()}
+        """Bytes each array occupies in the store (chunks and metadata, after compression).
+
+        A zip's sizes come from its central directory, so nothing is read or decompressed.
+        """
+        if isinstance(self._store, zarr.storage.ZipStore):
+            with zipfile.ZipFile(self._store.path) as zf:
+                sizes = [(info.filename, info.file_size) for info in zf.infolist()]
+            return {name: sum(size for key, size in sizes if key.startswith(f"{name}/")) for name in self._arrays}
+        try:
+            return {name: int(a.nbytes_stored()) for name, a in self._arrays.items()}
+        except Exception as exc:  # an unreadable store entry
+            raise IntegrityError(f"{self.location}: cannot measure the stored arrays: {exc}") from None
 
     def verify(self) -> None:
         """Recompute every array's sha256 and compare it with the manifest."""

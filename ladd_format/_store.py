@@ -6,9 +6,11 @@ durable, all-or-nothing placement of a finished container (fsync, then rename).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
+import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -17,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.core.sync as zarr_sync
 from zarr.abc.store import Store
 
-from .errors import ContainerExistsError, ContainerNotFoundError, InvalidInputError
+from .errors import ContainerExistsError, ContainerNotFoundError, IntegrityError, InvalidInputError
 
 ZIP_SUFFIXES = (".zip",)
 _DIGEST_BLOCK_BYTES = 8 << 20
@@ -44,7 +47,14 @@ def open_store(location: str | os.PathLike[str]) -> Store:
     if path.is_dir():
         return zarr.storage.LocalStore(path, read_only=True)
     if zipfile.is_zipfile(path):
-        return zarr.storage.ZipStore(path, mode="r")
+        try:
+            return zarr.storage.ZipStore(path, mode="r")
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise IntegrityError(f"{path}: a damaged zip file ({exc})") from None
+    with path.open("rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            raise IntegrityError(f"{path}: a damaged or truncated zip file (its central directory is missing "
+                                 "or unreadable)")
     raise ContainerNotFoundError(f"{path}: neither a container directory nor a zip file")
 
 
@@ -65,7 +75,8 @@ def rows_per_block(shape: tuple[int, ...], itemsize: int) -> int:
 
 def check_target(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite:
-        raise ContainerExistsError(f"{target} already exists; pass overwrite=True to replace it")
+        raise ContainerExistsError(f"{target} already exists; pass overwrite=True (--overwrite on the "
+                                   "command line) to replace it")
     if target.exists() and not (target.is_dir() or zipfile.is_zipfile(target)):
         raise InvalidInputError(f"{target} exists and is not a container; refusing to replace it")
 
@@ -91,8 +102,44 @@ def staging_dir(target: Path) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
+    except BaseException:  # Ctrl-C included: zarr may still be writing into the stage
+        _stop_zarr_io()
+        _remove_settled(stage)
+        raise
     finally:
         remove(stage)
+
+
+def _stop_zarr_io(timeout: float = 10.0) -> None:
+    """Cancel the chunk writes zarr still runs on its event-loop thread and wait for them.
+
+    An interrupt reaches the main thread while zarr's loop keeps writing; without this the
+    tasks recreate files in a removed stage and die noisily at exit ("Task was destroyed").
+    """
+    loop = getattr(zarr_sync, "loop", [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout)
+    except BaseException:  # best effort: removal below still runs
+        pass
+
+
+def _remove_settled(path: Path, timeout: float = 10.0) -> None:
+    """Remove ``path`` until it stays removed (a file write already running may land late)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remove(path)
+        time.sleep(0.05)
+        if not path.exists() or time.monotonic() > deadline:
+            return
 
 
 def fsync_tree(root: Path) -> None:

@@ -6,10 +6,29 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import InvalidInputError
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The caller's device, else CUDA when present, else CPU."""
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The caller's device, else CUDA when present, else CPU; one that cannot run is refused."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidInputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                                    f"{'a CPU-only build' if torch.version.cuda is None else 'no usable GPU'})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidInputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InvalidInputError(f"device {device!r}: MPS is not available here")
+    elif dev.type != "cpu":
+        raise InvalidInputError(f"device {device!r}: ladd_format runs on cpu, cuda or mps")
+    return dev
 
 
 def channel_stats(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:

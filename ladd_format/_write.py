@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from ._encodings import Encoding, resolve_encoding, uint_dtype
-from ._store import array_digest, check_target, fsync_tree, is_zip_path, pack_dir, place, rows_per_block, staging_dir
+from ._store import check_target, fsync_tree, is_zip_path, pack_dir, place, staging_dir
 from .errors import InvalidInputError
 from .manifest import (
     ATTRIBUTE_KEY,
@@ -75,99 +75,227 @@ def write(
     rows summing to 1), or ``"topk"`` with ``encoding_params={"k": 5, "rule": "smoothing"}``
     (or ``"renorm"``): the k largest classes per crop, for many classes. ``None`` means
     ``"uint8"`` for probabilities and ``"float32"`` for logits (the compact encodings take
-    probabilities only). The container's ``format_version`` is the oldest that has the
-    encoding: 1.0 for float32/float16, 1.1 otherwise, so 1.0 readers keep reading it.
+    probabilities only). The container's ``format_version`` is the oldest that has every
+    feature it uses: 1.0 for float32/float16, 1.1 for the others, 1.2 with labeler input
+    size, normalisation or weights, so older readers keep reading it.
     Everything is validated before the first byte is written; a crash at any point leaves
-    either no container at ``path`` or a complete one.
+    either no container at ``path`` or a complete one. For data that arrives in pieces,
+    :class:`Writer` does the same one batch at a time (``write`` is one batch of it).
     """
-    target = Path(path)
-    if compression not in ("zstd", "gzip", None):
-        raise InvalidInputError(f"compression must be 'zstd', 'gzip' or None, not {compression!r}")
     imgs = _as_numpy(images, "images")
-    labs = _as_numpy(labels, "labels")
     dense = _as_numpy(dense_labels, "dense_labels")
-    sampler_spec = _model(SamplerSpec, sampler, "sampler")
-    _check_images(imgs, sampler_spec)
-    num_images = imgs.shape[0]
-    num_classes = _check_dense(dense, num_images, sampler_spec, values)
-    if encoding is None:
-        encoding = DEFAULT_ENCODING if values == "probs" else "float32"
-    enc = resolve_encoding(encoding, encoding_params, num_classes, values)
-    labs = _check_labels(labs, num_images, num_classes)
-    stored = {"images": imgs, "labels": labs.astype(_label_dtype(num_classes)), **enc.encode(dense)}
-    _check_encoded(stored, enc)
+    _check_images(imgs, _model(SamplerSpec, sampler, "sampler"))
+    if dense.ndim != 3:
+        raise InvalidInputError(f"dense_labels must be [M, n*n, K], got {dense.shape}")
+    writer = Writer(path, num_images=imgs.shape[0], image_shape=imgs.shape[1:], num_classes=dense.shape[2],
+                    class_names=class_names, mean=mean, std=std, sampler=sampler, encoding=encoding,
+                    encoding_params=encoding_params, values=values, temperature=temperature, labeler=labeler,
+                    distillation=distillation, extra=extra, compression=compression, overwrite=overwrite)
+    with writer:
+        writer.append(imgs, labels, dense)
+    return writer.path
 
-    # Digests (and default statistics) run in threads, overlapping validation and writing:
-    # hashlib and numpy release the GIL on large buffers.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = {name: pool.submit(array_digest, a, rows_per_block(a.shape, a.itemsize))
-                   for name, a in stored.items()}
-        if mean is None or std is None:
-            auto_mean, auto_std = _channel_stats(imgs)
+
+class Writer:
+    """Write a container in pieces: ``append(images, labels, dense_labels)`` batch by batch,
+    then ``close()`` (or leave the ``with`` block) to commit it atomically.
+
+    The number of images and their shape are stated up front, so the chunk layout (and so
+    every stored byte) is the one :func:`write` gives for the same data. Metadata is
+    validated at construction and every batch before any of it is stored; chunks are
+    written as soon as they are full and hashed as they go, so memory holds at most one
+    chunk of each array beyond the batch. An exception (Ctrl-C included) or a kill leaves
+    nothing at the target; ``close`` refuses to commit fewer images than stated.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, num_images: int, image_shape: Sequence[int], num_classes: int,
+        class_names: Sequence[str] | None = None, mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None, sampler: SamplerSpec | Mapping[str, Any] | Any | None = None,
+        encoding: str | None = None, encoding_params: Mapping[str, Any] | None = None,
+        values: Literal["probs", "logits"] = "probs", temperature: float = 1.0,
+        labeler: LabelerInfo | Mapping[str, Any] | None = None,
+        distillation: DistillationInfo | Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+        compression: Compression = "zstd", overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if compression not in ("zstd", "gzip", None):
+            raise InvalidInputError(f"compression must be 'zstd', 'gzip' or None, not {compression!r}")
+        if values not in ("probs", "logits"):
+            raise InvalidInputError(f"values must be 'probs' or 'logits', not {values!r}")
+        self._sampler = _model(SamplerSpec, sampler, "sampler")
+        self.num_images = _count(num_images, "num_images", 1)
+        self.num_classes = _count(num_classes, "dense_labels: number of classes K", 1)
+        shape = tuple(int(v) for v in image_shape)
+        if len(shape) != 3:
+            raise InvalidInputError(f"image_shape must be (H, W, C), got {shape}")
+        _check_images(np.zeros((1, *shape), np.uint8), self._sampler)
+        self.image_shape = shape
+        if encoding is None:
+            encoding = DEFAULT_ENCODING if values == "probs" else "float32"
+        self._enc = resolve_encoding(encoding, encoding_params, self.num_classes, values)
+        self._values, self._compression = values, compression
+        label_dtype = _label_dtype(self.num_classes)
+        self._specs = {"images": ("uint8", (self.num_images, *shape)), "labels": (str(label_dtype), (self.num_images,)),
+                       **self._enc.stored_specs(self.num_images, self._sampler.num_crops, self.num_classes)}
+        self._meta = dict(class_names=class_names, mean=mean, std=std, temperature=temperature,
+                          labeler=labeler, distillation=distillation, extra=extra)
+        self._manifest(mean=mean if mean is not None else [0.5] * shape[2],
+                       std=std if std is not None else [1.0] * shape[2], digests={},
+                       counts=np.ones(self.num_classes, np.int64))  # validates all metadata now
+        check_target(self.path, overwrite)
+        self._overwrite = overwrite
+        self._stats = None if mean is not None and std is not None else _ChannelStats(shape[2])
+        self._counts = np.zeros(self.num_classes, np.int64)
+        self._hashes = {name: hashlib.sha256() for name in self._specs}
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self._specs}
+        self._written = {name: 0 for name in self._specs}  # rows stored: whole chunks until the end
+        self.appended = 0
+        self._stage_cm = self._stage = self._group = None
+        self._done = False
+
+    def append(self, images: Any, labels: Any, dense_labels: Any) -> None:
+        """Validate a batch, then store it (full chunks now, the rest with the next batch)."""
+        if self._done:
+            raise InvalidInputError(f"{self.path}: the writer is closed")
+        imgs = _as_numpy(images, "images")
+        labs = _as_numpy(labels, "labels")
+        dense = _as_numpy(dense_labels, "dense_labels")
+        _check_images(imgs, self._sampler)
+        if imgs.shape[1:] != self.image_shape:
+            raise InvalidInputError(f"images are {imgs.shape[1:]}, the writer was opened for {self.image_shape}")
+        b = imgs.shape[0]
+        if self.appended + b > self.num_images:
+            raise InvalidInputError(f"{self.appended} + {b} images is more than the {self.num_images} stated")
+        _check_dense(dense, b, self._sampler, self._values)
+        if dense.shape[2] != self.num_classes:
+            raise InvalidInputError(f"dense_labels have {dense.shape[2]} classes, the writer was opened "
+                                    f"for {self.num_classes}")
+        labs = _check_labels(labs, b, self.num_classes)
+        batch = {"images": imgs, "labels": labs.astype(self._specs["labels"][0]), **self._enc.encode(dense)}
+        _check_encoded(batch, self._enc)
+        if self._stage is None:
+            self._open_stage()
+        if self._stats is not None:
+            self._stats.add(imgs)
+        self._counts += np.bincount(labs, minlength=self.num_classes)
+        for name, part in batch.items():
+            self._pending[name].append(part)
+        self.appended += b
+        self._flush(final=self.appended == self.num_images)
+
+    def close(self) -> Path:
+        """Commit: check the count, write the manifest last, fsync, move into place."""
+        if self._done:
+            return self.path
+        if self.appended != self.num_images:
+            self.abort()
+            raise InvalidInputError(f"{self.path}: {self.appended} of the {self.num_images} stated images were "
+                                    "appended; nothing was written")
+        mean, std = self._meta["mean"], self._meta["std"]
+        if self._stats is not None:
+            auto_mean, auto_std = self._stats.result()
             mean = auto_mean if mean is None else mean
             std = auto_std if std is None else std
-        manifest = _manifest(imgs, labs, num_classes, class_names, mean, std, sampler_spec, enc, values,
-                             temperature, labeler, distillation, extra, stored)
-        check_target(target, overwrite)
-        with staging_dir(target) as stage:
-            _write_arrays(stage, stored, compression, {**DIMENSION_NAMES, **enc.dimension_names()})
-            records = {name: ArrayRecord(dtype=str(a.dtype), shape=list(a.shape), sha256=digests[name].result())
-                       for name, a in stored.items()}
-            manifest = manifest.model_copy(update={"arrays": records})
-            group = zarr.open_group(zarr.storage.LocalStore(stage), mode="r+", zarr_format=3)
-            group.attrs.update({ATTRIBUTE_KEY: manifest.to_json()})  # last: marks the stage complete
-            fsync_tree(stage)
-            if is_zip_path(target):
-                pack_dir(stage, target)
-            else:
-                place(stage, target)
-    return target
+        manifest = self._manifest(mean=mean, std=std, counts=self._counts,
+                                  digests={name: h.hexdigest() for name, h in self._hashes.items()})
+        self._group.attrs.update({ATTRIBUTE_KEY: manifest.to_json()})  # last: marks the stage complete
+        fsync_tree(self._stage)
+        if is_zip_path(self.path):
+            pack_dir(self._stage, self.path)
+        else:
+            place(self._stage, self.path)
+        self._finish(None)
+        return self.path
 
+    def abort(self) -> None:
+        """Drop everything written so far; the target is untouched."""
+        if not self._done:
+            self._finish(InvalidInputError("aborted"))
 
-def _manifest(imgs, labs, num_classes, class_names, mean, std, sampler_spec, enc, values, temperature,
-              labeler, distillation, extra, stored) -> Manifest:
-    """The manifest with placeholder digests: validates all metadata before any write."""
-    distill = _model(DistillationInfo, distillation, "distillation")
-    if distill.ipc is None:
-        counts = np.bincount(labs, minlength=num_classes)
-        if counts.min() == counts.max():
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        if kind is None:
+            self.close()
+        elif not self._done:
+            self._done = True
+            if self._stage_cm is not None:
+                self._stage_cm.__exit__(kind, exc, tb)  # cancels zarr's writes, removes the stage
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _open_stage(self) -> None:
+        self._stage_cm = staging_dir(self.path)
+        self._stage = self._stage_cm.__enter__()
+        codec = {"zstd": [zarr.codecs.ZstdCodec(level=3)], "gzip": [zarr.codecs.GzipCodec(level=5)],
+                 None: None}[self._compression]
+        names = {**DIMENSION_NAMES, **self._enc.dimension_names()}
+        self._group = zarr.create_group(zarr.storage.LocalStore(self._stage), zarr_format=3)
+        self._arrays = {}
+        for name, (dtype, shape) in self._specs.items():
+            row_bytes = np.dtype(dtype).itemsize * int(np.prod(shape[1:], dtype=np.int64))
+            self._arrays[name] = self._group.create_array(
+                name, shape=shape, dtype=dtype, chunks=(_chunk_rows(shape[0], row_bytes), *shape[1:]),
+                fill_value=0, compressors=codec, dimension_names=names[name], config={"write_empty_chunks": True})
+
+    def _flush(self, final: bool) -> None:
+        """Store every complete chunk row range that all pending parts cover."""
+        for name, parts in self._pending.items():
+            if not parts:
+                continue
+            rows = self._arrays[name].chunks[0]
+            data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            start = self._written[name]
+            ready = len(data) if final else len(data) // rows * rows
+            if ready:
+                block = np.ascontiguousarray(data[:ready])
+                self._hashes[name].update(np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<"))
+                                          .view(np.uint8).reshape(-1))
+                self._arrays[name][start:start + ready] = block
+            self._pending[name] = [data[ready:]] if ready < len(data) else []
+            self._written[name] = start + ready
+
+    def _manifest(self, *, mean: Any, std: Any, digests: Mapping[str, str], counts: np.ndarray) -> Manifest:
+        m = self._meta
+        distill = _model(DistillationInfo, m["distillation"], "distillation")
+        if distill.ipc is None and counts.min() == counts.max() and counts[0] > 0:
             distill = distill.model_copy(update={"ipc": int(counts[0])})
-    num_images, height, width, channels = imgs.shape
-    try:
-        return Manifest(
-            format_version=enc.since,
-            created_by=f"ladd_format {__version__}",
-            num_images=num_images,
-            num_classes=num_classes,
-            class_names=[str(i) for i in range(num_classes)] if class_names is None else list(class_names),
-            image=ImageInfo(height=height, width=width, channels=channels, mean=list(mean), std=list(std)),
-            sampler=sampler_spec,
-            dense_labels=DenseLabelSpec(encoding=enc.name, params=enc.params, values=values, temperature=temperature),
-            labeler=_model(LabelerInfo, labeler, "labeler"),
-            distillation=distill,
-            extra=dict(extra or {}),
-            arrays={name: ArrayRecord(dtype=str(a.dtype), shape=list(a.shape), sha256="0" * 64)
-                    for name, a in stored.items()},
-        )
-    except ValidationError as exc:
-        raise InvalidInputError(f"metadata is invalid: {_describe(exc)}") from None
+        labeler_info = _model(LabelerInfo, m["labeler"], "labeler")
+        height, width, channels = self.image_shape
+        version = max(self._enc.since, labeler_info.since, key=lambda v: tuple(map(int, v.split("."))))
+        names = m["class_names"]
+        try:
+            return Manifest(
+                format_version=version, created_by=f"ladd_format {__version__}",
+                num_images=self.num_images, num_classes=self.num_classes,
+                class_names=[str(i) for i in range(self.num_classes)] if names is None else list(names),
+                image=ImageInfo(height=height, width=width, channels=channels, mean=list(mean), std=list(std)),
+                sampler=self._sampler,
+                dense_labels=DenseLabelSpec(encoding=self._enc.name, params=self._enc.params, values=self._values,
+                                            temperature=m["temperature"]),
+                labeler=labeler_info, distillation=distill, extra=dict(m["extra"] or {}),
+                arrays={name: ArrayRecord(dtype=dtype, shape=list(shape), sha256=digests.get(name, "0" * 64))
+                        for name, (dtype, shape) in self._specs.items()},
+            )
+        except (ValidationError, TypeError, ValueError) as exc:
+            detail = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise InvalidInputError(f"metadata is invalid: {detail}") from None
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._done = True
+        if self._stage_cm is not None:
+            if error is None:
+                self._stage_cm.__exit__(None, None, None)
+            else:
+                self._stage_cm.__exit__(type(error), error, None)
 
 
-def _write_arrays(stage: Path, arrays: Mapping[str, np.ndarray], compression: Compression,
-                  dimension_names: Mapping[str, tuple[str, ...]]) -> None:
-    codec = {"zstd": [zarr.codecs.ZstdCodec(level=3)], "gzip": [zarr.codecs.GzipCodec(level=5)],
-             None: None}[compression]
-    group = zarr.create_group(zarr.storage.LocalStore(stage), zarr_format=3)
-    for name, data in arrays.items():
-        rows = _chunk_rows(len(data), data[:1].nbytes)
-        group.create_array(
-            name,
-            data=np.ascontiguousarray(data),
-            chunks=(rows, *data.shape[1:]),
-            compressors=codec,
-            dimension_names=dimension_names[name],
-            config={"write_empty_chunks": True},
-        )
+def _count(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def _chunk_rows(num_rows: int, row_bytes: int) -> int:
@@ -276,22 +404,43 @@ def _label_dtype(num_classes: int) -> np.dtype:
 
 
 def _channel_stats(imgs: np.ndarray) -> tuple[list[float], list[float]]:
-    # Exact per-channel mean/std on the 0..1 scale without a float64 copy of the images:
-    # pixel values minus 128 summed over runs of 1,024 in float32 stay integers below 2**24,
-    # so each run's sums are exact; runs are combined in float64.
-    run = 1024
-    pixels = imgs.reshape(-1, imgs.shape[-1])
-    total = np.zeros(pixels.shape[1])
-    squares = np.zeros(pixels.shape[1])
-    ones = np.ones(run, dtype=np.float32)
-    for start in range(0, len(pixels), run * 256):
-        block = pixels[start:start + run * 256].astype(np.float32) - 128
-        whole = len(block) // run * run
-        for part in (block[:whole].reshape(-1, run, block.shape[1]), block[whole:][None]):
-            if part.size:
-                total += (ones[:part.shape[1]] @ part).sum(axis=0, dtype=np.float64)
-                squares += (ones[:part.shape[1]] @ (part * part)).sum(axis=0, dtype=np.float64)
-    mean = total / len(pixels)
-    var = np.maximum(squares / len(pixels) - mean**2, 0)
-    return ([(float(v) + 128) / 255 for v in mean],
-            [float(np.sqrt(v)) / 255 if v > 0 else 1.0 for v in var])
+    """Exact per-channel mean and std on the 0..1 scale (1.0 for a constant channel)."""
+    stats = _ChannelStats(imgs.shape[-1])
+    stats.add(imgs)
+    return stats.result()
+
+
+class _ChannelStats:
+    """Exact per-channel sums accumulated batch by batch, so streamed and whole-array
+    statistics agree bit for bit.
+
+    Pixel values minus 128 summed over runs of 1,024 in float32 stay integers below 2**24,
+    so each run's sums are exact without a float64 copy of the images; runs and batches are
+    combined in float64, exact below 2**53 (about 5e11 pixels per channel).
+    """
+
+    _RUN = 1024
+
+    def __init__(self, channels: int) -> None:
+        self._total = np.zeros(channels)
+        self._squares = np.zeros(channels)
+        self._count = 0
+
+    def add(self, imgs: np.ndarray) -> None:
+        run = self._RUN
+        pixels = imgs.reshape(-1, imgs.shape[-1])
+        ones = np.ones(run, dtype=np.float32)
+        for start in range(0, len(pixels), run * 256):
+            block = pixels[start:start + run * 256].astype(np.float32) - 128
+            whole = len(block) // run * run
+            for part in (block[:whole].reshape(-1, run, block.shape[1]), block[whole:][None]):
+                if part.size:
+                    self._total += (ones[:part.shape[1]] @ part).sum(axis=0, dtype=np.float64)
+                    self._squares += (ones[:part.shape[1]] @ (part * part)).sum(axis=0, dtype=np.float64)
+        self._count += len(pixels)
+
+    def result(self) -> tuple[list[float], list[float]]:
+        mean = self._total / self._count
+        var = np.maximum(self._squares / self._count - mean**2, 0)
+        return ([(float(v) + 128) / 255 for v in mean],
+                [float(np.sqrt(v)) / 255 if v > 0 else 1.0 for v in var])

@@ -4,20 +4,22 @@ show, import, export, overhead, encode."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
+from . import __version__
+from ._cli_args import (Parser, add_labeling_options, device_arg, finite_float, positive_float, positive_int,
+                        stderr_line)
 from ._pack import pack
 from ._read import LaddDataset
 from ._read import open as open_container
-from ._cli_args import add_labeling_options
-from .errors import LaddError
+from .errors import InvalidInputError, LaddError
 from .importers import register_cli as register_import_export
 from .storage import register_cli as register_storage
 from .testing import write_example
@@ -42,10 +44,11 @@ def _summary(ds: LaddDataset) -> dict[str, Any]:
         "images_per_class": {name: int(c) for name, c in zip(m.class_names, counts)},
         "sampler": m.sampler.model_dump(mode="json"),
         "dense_labels": m.dense_labels.model_dump(mode="json"),
-        "labeler": m.labeler.model_dump(mode="json"),
+        "labeler": m.labeler.model_dump(mode="json", exclude=m.labeler.unset_added()),
         "distillation": m.distillation.model_dump(mode="json"),
         "stored_bytes": stored,
-        "dense_overhead_percent": round(100.0 * dense / base, 3),
+        "dense_overhead_percent": round(100.0 * dense / base, 4),
+        "verified": None,
     }
 
 
@@ -65,11 +68,16 @@ def _print_summary(s: dict[str, Any]) -> None:
     params = f" {enc['params']}" if enc["params"] else ""
     print(f"  dense       {enc['encoding']}{params} {enc['values']} (temperature {enc['temperature']})")
     lab, dis = s["labeler"], s["distillation"]
-    print(f"  labeler     {lab['architecture']}, {lab['epochs']} epochs, on {lab['source_dataset']}")
+    trained = f"{lab['epochs']} epochs" if lab["epochs"] is not None else "not trained here"
+    print(f"  labeler     {lab['architecture']}, {trained}, on {lab['source_dataset']}"
+          + (f", input {lab['input_size'][0]}x{lab['input_size'][1]}" if lab.get("input_size") else "")
+          + (f", weights {lab['weights']}" if lab.get("weights") else ""))
     print(f"  distilled   {dis['method']} on {dis['source_dataset']}, ipc {dis['ipc']}")
     for name, size in s["stored_bytes"].items():
         print(f"  {name:12s}{size:>14,d} bytes stored")
-    print(f"  dense-label overhead {s['dense_overhead_percent']:.2f}% of images + hard labels")
+    print(f"  overhead    {s['dense_overhead_percent']:+.2f}% (dense labels' on-disk bytes / images + hard labels')")
+    print("  digests     " + ("every array's sha256 checked" if s["verified"] else
+                            "NOT verified (--no-verify); ladd validate checks them"))
 
 
 def _fmt(values: list[float]) -> str:
@@ -79,6 +87,7 @@ def _fmt(values: list[float]) -> str:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     with open_container(args.path, verify=args.verify) as ds:
         s = _summary(ds)
+    s["verified"] = args.verify
     if args.json:
         print(json.dumps(s, indent=2))
     else:
@@ -107,12 +116,12 @@ def _cmd_example(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, format_table, run_demo
 
-    overrides = {k: v for k, v in (("ipc", args.ipc), ("seeds", args.seeds), ("epochs", args.epochs)) if v is not None}
-    settings = DemoSettings.full(**overrides) if args.full else DemoSettings.reduced(**overrides)
-    kind = "full (the paper's settings)" if args.full else "reduced for a CPU (--full for the paper's)"
-    print(f"ladd demo on Fashion-MNIST, {kind}:")
-    for key, value in dataclasses.asdict(settings).items():
-        print(f"  {key:16s} {value}")
+    preset = "paper" if args.full else args.preset
+    settings = DemoSettings.from_preset(preset, ipc=args.ipc, seeds=args.seeds,
+                                        train={"epochs": args.epochs} if args.epochs else None)
+    print(f"ladd demo on Fashion-MNIST, preset {preset!r} ({_preset_text(preset)}):")
+    for line in settings.describe():
+        print(f"  {line}")
     report = run_demo(args.out, settings, device=args.device)
     print()
     print(format_table(report))
@@ -121,56 +130,116 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_labeler(args: argparse.Namespace) -> int:
-    from .labeler import train_labeler
+def _preset_text(name: str) -> str:
+    from .presets import PRESETS
+
+    return PRESETS[name].description
+
+
+def _source(path: str, name: str | None):
     from .sources import load_source
 
-    labeler = train_labeler(load_source(args.source), epochs=args.epochs, width=args.width,
-                            train_subset=args.images, out_dir=args.out, device=args.device, seed=args.seed)
-    print(f"labeler checkpoints in {args.out}; last: epoch_{labeler.epochs:02d}.pt "
+    return load_source(path, name=name)
+
+
+def _cmd_train_labeler(args: argparse.Namespace) -> int:
+    from .labeler import train_labeler
+
+    labeler = train_labeler(_source(args.source, args.source_name), epochs=args.epochs, width=args.width,
+                            train_images=args.train_images, preset=args.preset, out_dir=args.out,
+                            device=args.device, seed=args.seed)
+    how = "reused (same settings; delete it to retrain)" if labeler.reused else "trained"
+    print(f"labeler {how}: {Path(args.out) / f'epoch_{labeler.epochs:02d}.pt'} "
           f"(sha256 {labeler.checkpoint_sha256})")
     return 0
 
 
 def _cmd_augment(args: argparse.Namespace) -> int:
-    from .labeler import augment, load_labeler
+    from .labeler import augment
     from .sampler import UniformSampler
-    from .sources import load_source, random_real
+    from .sources import random_real
+    from .teachers import check_labeler, load_teacher
 
-    labeler = load_labeler(args.labeler, device=args.device)
+    if args.labeler and (args.model or args.torchscript):
+        raise InvalidInputError(f"two labelers: {args.labeler} and {args.model or args.torchscript}; give one")
+    spec = args.model or (f"torchscript:{args.torchscript}" if args.torchscript else args.labeler)
+    if spec is None:
+        raise InvalidInputError("name the labeler: a train-labeler checkpoint, --model torchvision:NAME "
+                                "(with --weights FILE) or --torchscript FILE")
     sampler = UniformSampler(args.n, args.ratio)
-    if args.source_container:
-        with open_container(args.source_container) as src:
-            images, labels = np.asarray(src.images), src.labels
-            names, distillation = src.class_names, src.manifest.distillation.model_dump(mode="json")
-    else:
-        source = load_source(args.random_real)
-        images, labels, index = random_real(source, args.ipc, seed=args.seed)
-        names = list(source.class_names)
-        distillation = {"method": "random-real", "source_dataset": source.name, "ipc": args.ipc,
-                        "details": {"seed": args.seed, "train_indices": index.tolist()}}
-    out = augment(args.out, images, labels, labeler, sampler=sampler, temperature=args.temperature,
-                  distillation=distillation, class_names=names, encoding=args.encoding, overwrite=args.overwrite)
+    teacher_options = dict(num_classes=args.num_classes, input_size=args.input_size, mean=args.labeler_mean,
+                           std=args.labeler_std)
+    labeler = load_teacher(spec, weights=args.weights, device=args.device, **teacher_options)
+    with contextlib.ExitStack() as stack:
+        if args.source_container:
+            src = stack.enter_context(open_container(args.source_container))
+            images, labels, names = src.images, src.labels, src.class_names
+            distillation = src.manifest.distillation.model_dump(mode="json")
+            stats = {"mean": src.manifest.image.mean, "std": src.manifest.image.std}
+        else:
+            source = _source(args.random_real, args.source_name)
+            images, labels, index = random_real(source, args.ipc, seed=args.seed)
+            names = list(source.class_names)
+            distillation = {"method": "random-real", "source_dataset": source.name, "ipc": args.ipc,
+                            "details": {"seed": args.seed, "train_indices": index.tolist()}}
+            stats = {"mean": list(source.mean), "std": list(source.std)}
+        check_labeler(labeler, num_classes=len(names), in_channels=images.shape[3])
+        out = augment(args.out, images, labels, labeler, sampler=sampler, temperature=args.temperature,
+                      distillation=distillation, class_names=names, encoding=args.encoding,
+                      overwrite=args.overwrite, **stats)
     print(f"wrote {out}")
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .sources import load_source
-    from .train import cross_architecture
+def _pair(text: str) -> tuple[int, int]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = tuple(positive_int(p) for p in parts)
+    except argparse.ArgumentTypeError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected H,W (or one side) as integers >= 1, got {text!r}")
+    return values  # type: ignore[return-value]
 
-    source = load_source(args.test_source)
+
+def _floats(text: str) -> list[float]:
+    return [finite_float(p) for p in text.split(",")]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import check_models, check_test_set, cross_architecture
+
+    models = tuple(m.strip() for m in args.model.split(",") if m.strip())
     with open_container(args.path) as ds:
-        indices = ds.balanced_indices(args.ipc) if args.ipc else None
-        view = ds.subset(indices) if indices is not None else ds
-        rows = cross_architecture(view, source.test_images, source.test_labels, models=tuple(args.model.split(",")),
+        source = _test_source(args, ds)
+        check_test_set(ds, source.test_images, source.test_labels)
+        check_models(ds, models, width=args.width)
+        crops = args.crops
+        if isinstance(crops, int) and crops > ds.manifest.sampler.num_crops:
+            raise InvalidInputError(f"--crops {crops}: the container's grid has {ds.manifest.sampler.num_crops} "
+                                    "crops per image")
+        view = ds.subset(ds.balanced_indices(args.ipc)) if args.ipc else ds
+        rows = cross_architecture(view, source.test_images, source.test_labels, models=models,
                                   seeds=args.seeds, mode=args.mode, epochs=args.epochs, lr=args.lr,
-                                  batch_size=args.batch_size, crops_per_image=_crops(args.crops),
+                                  batch_size=args.batch_size, crops_per_image=crops, preset=args.preset,
                                   width=args.width, device=args.device)
-    print(f"{'model':10s} {'mode':10s} {'test accuracy (%)':>20s}")
+    print(f"{'model':10s} {'mode':10s} {'test accuracy (%)':>20s}   (on {source.name}'s test split)")
     for r in rows:
         print(f"{r['model']:10s} {r['mode']:10s} {100 * r['accuracy_mean']:>11.2f} +/- {100 * r['accuracy_std']:.2f}")
     return 0
+
+
+def _test_source(args: argparse.Namespace, ds: LaddDataset):
+    """The test split: --test-source, else the container's own source dataset when it is built in."""
+    if args.test_source:
+        return _source(args.test_source, args.source_name)
+    named = ds.manifest.distillation.source_dataset or ds.manifest.labeler.source_dataset
+    if named and named.lower() in ("fashion-mnist", "fashion_mnist"):
+        return _source(named, None)
+    raise InvalidInputError(f"{args.path} was made from {named or 'an unnamed dataset'!r}, which is not built in: "
+                            "pass its real test split with --test-source (a folder) and --source-name")
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -182,18 +251,32 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _crops(value: str) -> int | str:
-    return value if value == "all" else int(value)
+def _crops(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'all' or an integer >= 1, got {value} (to train on "
+                                         "full images only, use --mode hard)")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ladd", description="Label-augmented distilled dataset containers.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from .presets import PRESETS
 
-    s = sub.add_parser("inspect", help="summarise a container")
+    p = Parser(prog="ladd", description="Label-augmented distilled dataset containers.")
+    p.add_argument("--version", action="version", version=f"ladd_format {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    presets = list(PRESETS)
+
+    s = sub.add_parser("inspect", help="summarise a container (verifies every digest unless --no-verify)")
     s.add_argument("path")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
-    s.add_argument("--verify", action="store_true", help="also recompute every digest")
+    s.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="recompute every digest (default); --no-verify reads metadata only, and says so")
     s.set_defaults(func=_cmd_inspect)
 
     s = sub.add_parser("validate", help="check a container fully; exit 0 when valid")
@@ -203,64 +286,83 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pack", help="pack a container directory into one .ladd.zip file")
     s.add_argument("source")
     s.add_argument("target")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing TARGET")
     s.set_defaults(func=_cmd_pack)
 
     s = sub.add_parser("example", help="write a small synthetic container to try the tools on")
     s.add_argument("path")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing container at PATH")
     s.set_defaults(func=_cmd_example)
 
     s = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, ending in an accuracy table")
     s.add_argument("--out", default="out/demo", help="folder for the container, labeler and results")
-    s.add_argument("--ipc", type=int)
-    s.add_argument("--seeds", type=int, help="trainings per method (mean +/- std when > 1)")
-    s.add_argument("--epochs", type=int, help="epochs per test-model training")
-    s.add_argument("--full", action="store_true", help="the paper's settings (meant for a GPU)")
-    s.add_argument("--device")
+    s.add_argument("--preset", default="cpu", choices=presets, help="settings: cpu (default) or paper")
+    s.add_argument("--full", action="store_true", help="same as --preset paper (meant for a GPU)")
+    s.add_argument("--ipc", type=positive_int, default=10, help="images per class (default 10)")
+    s.add_argument("--seeds", type=positive_int, default=1, help="trainings per method (mean +/- std when > 1)")
+    s.add_argument("--epochs", type=positive_int, help="epochs per test-model training (default: the preset's)")
+    s.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("train-labeler", help="train a ConvNet labeler on a source dataset")
-    s.add_argument("--source", default="fashion-mnist", help="fashion-mnist or a folder")
+    s.add_argument("--source", default="fashion-mnist",
+                   help="fashion-mnist, or a folder (IDX files, or one sub-folder of images per class)")
+    s.add_argument("--source-name", help="the dataset's name when --source is not Fashion-MNIST")
     s.add_argument("--out", required=True, help="checkpoint folder (epoch_XX.pt per epoch)")
-    s.add_argument("--epochs", type=int, default=10)
-    s.add_argument("--width", type=int)
-    s.add_argument("--images", type=int, help="train on a seeded subset of this many images")
+    s.add_argument("--preset", choices=presets, help="cpu or paper: fills what is not given")
+    s.add_argument("--epochs", type=positive_int, help="default 10")
+    s.add_argument("--width", type=positive_int, help="ConvNet width (default 128)")
+    s.add_argument("--train-images", type=positive_int, help="train on a seeded subset of this many images")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device")
+    s.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available)")
     s.set_defaults(func=_cmd_train_labeler)
 
     s = sub.add_parser("augment", help="label every crop of distilled images and write a container")
-    s.add_argument("labeler", help="a checkpoint written by train-labeler (epoch_XX.pt)")
+    s.add_argument("labeler", nargs="?", help="a checkpoint written by train-labeler (epoch_XX.pt), or a "
+                                              "teacher: torchvision:NAME, timm:NAME, torchscript:PATH")
     s.add_argument("out")
+    teacher = s.add_argument_group("any network as the labeler (instead of LABELER)")
+    pick = teacher.add_mutually_exclusive_group()
+    pick.add_argument("--model", help="torchvision:NAME or timm:NAME (e.g. torchvision:resnet18)")
+    pick.add_argument("--torchscript", metavar="FILE", help="a TorchScript archive")
+    teacher.add_argument("--weights", metavar="FILE", help="the model's weights (a state dict; never unpickled)")
+    teacher.add_argument("--num-classes", type=positive_int, help="the model's classes (torchvision/timm: 1000)")
+    teacher.add_argument("--input-size", type=_pair, help="the model's input H,W (torchvision/timm: 224,224); "
+                                                          "crops are resized straight to it")
+    teacher.add_argument("--labeler-mean", type=_floats, help="the model's input normalisation (ImageNet's by default)")
+    teacher.add_argument("--labeler-std", type=_floats)
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="source_container", help="relabel the images of this container")
     src.add_argument("--random-real", help="use IPC random real images of this source (fashion-mnist or a folder)")
-    s.add_argument("--ipc", type=int, default=10)
+    s.add_argument("--source-name", help="the dataset's name when --random-real is not Fashion-MNIST")
+    s.add_argument("--ipc", type=positive_int, default=10, help="with --random-real: images per class")
     s.add_argument("--seed", type=int, default=0)
     add_labeling_options(s)
     s.set_defaults(func=_cmd_augment)
 
     s = sub.add_parser("train", help="train and test models on a container (mean +/- std over seeds)")
     s.add_argument("path")
-    s.add_argument("--test-source", default="fashion-mnist", help="where the real test split comes from")
+    s.add_argument("--test-source", help="the real test split: fashion-mnist or a folder (default: the "
+                                         "container's source dataset, when built in)")
+    s.add_argument("--source-name", help="the test source's name when it is not Fashion-MNIST")
     s.add_argument("--mode", default="ladd", choices=["ladd", "hard", "soft", "crops-only"])
     s.add_argument("--model", default="convnet", help="comma-separated: convnet,alexnet,vgg11,resnet18,vit")
-    s.add_argument("--seeds", type=int, default=1)
-    s.add_argument("--epochs", type=int, default=300)
-    s.add_argument("--lr", type=float, default=0.01)
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--crops", default="all", help="crops per image per step: all or k")
-    s.add_argument("--width", type=int)
-    s.add_argument("--ipc", type=int, help="train on the first IPC images of each class only")
-    s.add_argument("--device")
+    s.add_argument("--preset", choices=presets, help="cpu or paper: fills --epochs, --width, --crops")
+    s.add_argument("--seeds", type=positive_int, default=1)
+    s.add_argument("--epochs", type=positive_int, help="default 300")
+    s.add_argument("--lr", type=positive_float, default=0.01)
+    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--crops", type=_crops, help="crops per image per step: all (default) or k >= 1")
+    s.add_argument("--width", type=positive_int, help="ConvNet width (default 128)")
+    s.add_argument("--ipc", type=positive_int, help="train on the first IPC images of each class only")
+    s.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available)")
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("show", help="draw an image beside its crops and their dense labels (PNG)")
+    s = sub.add_parser("show", help="draw an image beside its crops and their dense labels")
     s.add_argument("path")
     s.add_argument("--index", type=int, default=0)
-    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-o", "--output", required=True, help="a .png, .jpg or .webp file in an existing folder")
     s.set_defaults(func=_cmd_show)
 
     register_import_export(sub)
@@ -268,13 +370,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    """Close open tqdm bars so that nothing redraws after the last message."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``ladd`` command. Exit 0 on success, 1 with one line on stderr for a library
+    error, 2 for a usage error, 130 on Ctrl-C; never a traceback for any of these."""
     args = _parser().parse_args(argv)
+    name = f"ladd {args.command}"
     try:
         return int(args.func(args))
     except LaddError as exc:
-        print(f"ladd {args.command}: {type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
+        stderr_line(f"{name}: {type(exc).__name__}: {exc}")
         return 1
+    except KeyboardInterrupt:
+        _close_progress_bars()
+        stderr_line(f"{name}: interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

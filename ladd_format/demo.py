@@ -12,7 +12,8 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,52 +22,68 @@ import torch
 
 from ._read import LaddDataset
 from ._read import open as open_container
+from .errors import InvalidInputError
 from .labeler import Labeler, augment, train_labeler
+from .presets import get_preset
 from .sources import SourceDataset, fashion_mnist, random_real
 from .train import cross_architecture
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo runs. ``reduced()`` fits about 10 minutes on a 2-core CPU."""
+    """What the demo runs: IPC, seeds, and the keyword arguments of ``train_labeler`` and
+    ``train`` (filled from a preset, see :mod:`ladd_format.presets`)."""
 
     ipc: int = 10
     seeds: int = 1
-    labeler_width: int = 128
-    labeler_epochs: int = 10
-    labeler_images: int | None = None  # None: the whole train split
-    model_width: int = 128
-    epochs: int = 1000
-    lr: float = 0.01
-    batch_size: int = 256
-    crops_per_image: int | str = "all"
-    augment: str | None = "dsa"
+    preset: str = "cpu"
+    labeler: Mapping[str, Any] = field(default_factory=dict)  # train_labeler keywords
+    train: Mapping[str, Any] = field(default_factory=dict)    # train keywords
     encoding: str | None = None  # dense-label encoding of the containers (None: the writer's default)
 
     @classmethod
-    def reduced(cls, **overrides: Any) -> DemoSettings:
-        return dataclasses.replace(cls(labeler_width=64, labeler_images=6000, model_width=64, epochs=200,
-                                       crops_per_image=5), **overrides)
+    def from_preset(cls, preset: str = "cpu", *, ipc: int = 10, seeds: int = 1, encoding: str | None = None,
+                    labeler: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None) -> DemoSettings:
+        """The preset's settings with ``labeler`` / ``train`` keywords overriding them."""
+        if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+            raise InvalidInputError(f"ipc must be an integer >= 1, got {ipc!r}")
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise InvalidInputError(f"seeds must be an integer >= 1, got {seeds!r}")
+        chosen = get_preset(preset)
+        return cls(ipc=ipc, seeds=seeds, preset=chosen.name, encoding=encoding,
+                   labeler={**chosen.labeler, **(labeler or {})},
+                   train={**_TRAIN_DEFAULTS, **chosen.train, **(train or {})})
 
-    @classmethod
-    def full(cls, **overrides: Any) -> DemoSettings:
-        return dataclasses.replace(cls(), **overrides)
+    def describe(self) -> list[str]:
+        """One line per setting, as the demo prints them."""
+        lines = [f"ipc {self.ipc}", f"seeds {self.seeds}", f"encoding {self.encoding or 'uint8 (default)'}"]
+        lines += [f"labeler.{k} {v}" for k, v in self.labeler.items()]
+        lines += [f"train.{k} {v}" for k, v in self.train.items()]
+        return lines
+
+
+_TRAIN_DEFAULTS = {"lr": 0.01, "batch_size": 256, "augment": "dsa"}
 
 
 def run_demo(out_dir: str | os.PathLike[str], settings: DemoSettings, *, source: SourceDataset | None = None,
              device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the whole pipeline; returns the table rows and paths (also saved as results.json)."""
+    """Run the whole pipeline; returns the table rows and paths (also saved as results.json).
+
+    A finished labeler from an earlier run with the same settings is reused (its digest is
+    checked), so an interrupted demo picks up at labeling.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     source = source or fashion_mnist()
     s = settings
-    labeler = train_labeler(source, width=s.labeler_width, epochs=s.labeler_epochs,
-                            train_subset=s.labeler_images, out_dir=out / "labeler", device=device,
-                            progress=progress)
+    labeler = train_labeler(source, **s.labeler, out_dir=out / "labeler", device=device, progress=progress)
+    if labeler.reused and progress:
+        print(f"reusing the finished labeler {out / 'labeler'} (same settings, sha256 "
+              f"{labeler.checkpoint_sha256[:12]}... checked; delete the folder to train it again)")
     rows, container = compare(out, source, labeler, s, device=device, progress=progress)
     report = {"settings": dataclasses.asdict(s), "container": str(container), "rows": rows,
-              "labeler_checkpoint_sha256": labeler.checkpoint_sha256,
+              "labeler_checkpoint_sha256": labeler.checkpoint_sha256, "labeler_reused": labeler.reused,
               "seconds": time.perf_counter() - started}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     return report
@@ -107,9 +124,7 @@ def measure(ds: LaddDataset, source: SourceDataset, s: DemoSettings, mode: str, 
     """Train ``s.seeds`` models on ``ds`` in ``mode``; their accuracy on the source's test split
     and the bytes the method uses (images + labels, plus every dense-label array for LADD)."""
     row = cross_architecture(ds, source.test_images, source.test_labels, models=(model,), seeds=s.seeds,
-                             mode=mode, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
-                             crops_per_image=s.crops_per_image, augment=s.augment, width=s.model_width,
-                             device=device, progress=progress)[0]
+                             mode=mode, **s.train, device=device, progress=progress)[0]
     stored = ds.stored_bytes()
     nbytes = sum(stored.values()) if mode == "ladd" else stored["images"] + stored["labels"]
     return {**row, "ipc": ds.ipc, "labels": mode, "bytes": int(nbytes)}
@@ -123,5 +138,7 @@ def format_table(report: dict[str, Any]) -> str:
             acc += f" +/- {100 * r['accuracy_std']:.2f}"
         labels = "dense" if r["labels"] == "ladd" else r["labels"]
         lines.append(f"{r['method']:12s} {r['ipc']:>4d} {labels:>7s} {acc:>20s} {r['bytes']:>12,d} "
-                     f"{r['overhead_percent']:>+8.1f}%")
+                     f"{r['overhead_percent']:>+8.2f}%")
+    lines.append("bytes: on disk (images + hard labels; LADD adds its dense labels). overhead: on-disk bytes "
+                 "beyond the baseline's, the definition ladd inspect and ladd overhead use.")
     return "\n".join(lines)

@@ -15,6 +15,10 @@ class InvalidInputError(LaddError, ValueError):
     """Arrays or metadata handed to a writer are unusable; nothing was written."""
 
 
+class IndexOutOfRangeError(InvalidInputError, IndexError):
+    """An image index or count lies outside what the container holds."""
+
+
 class ContainerExistsError(LaddError, FileExistsError):
     """The target path already holds something and ``overwrite`` was not given."""
 

@@ -1,19 +1,28 @@
 """Export a container to what existing evaluation scripts read: a PNG class folder, ``.pt`` or ``.npz``.
 
+Every format keeps the images, hard labels, dense labels and class names, so nothing the
+container holds is lost on the way to a script that cannot read Zarr.
+
 ``folder``: one PNG per image in one sub-folder per class (named by the zero-padded class
 index, since class names may hold characters no file system accepts), plus ``labels.csv``
-(index,file,label,class_name) in the container's order and ``classes.csv`` (label,class_name
-for every class, including any without images); ``ladd import folder`` reads them back.
-``pt`` / ``npz``: a flat dict of arrays, ``images`` NCHW as the field's code keeps them
-(uint8, or with ``normalized=True`` float32 normalised with the container's mean/std, like
-MTT's ``images_best.pt``), ``labels`` int64 [M], ``dense_labels`` float32 probabilities
-[M, n*n, K], ``mean`` and ``std`` float32 [C]; ``.npz`` adds ``class_names``. A ``.pt`` file
-holds tensors only, so ``torch.load(weights_only=True)`` reads it.
+(index,file,label,class_name) in the container's order, ``classes.csv`` (label,class_name
+for every class, including any without images), ``dense_labels.npy`` (float32 probabilities
+[M, n*n, K] in the same order, ``numpy.load(allow_pickle=False)`` reads it) and
+``manifest.json`` (the container's manifest: sampler, labeler and distillation provenance; its
+digests describe the container's arrays, not these files). ``ladd import folder`` reads the
+images, labels and class names back.
+``pt`` / ``npz``: a flat dict, ``images`` NCHW as the field's code keeps them (uint8, or with
+``normalized=True`` float32 normalised with the container's mean/std, like MTT's
+``images_best.pt``), ``labels`` int64 [M], ``dense_labels`` float32 probabilities [M, n*n, K],
+``mean`` and ``std`` float32 [C], and ``class_names`` (a list of str in ``.pt``, a str array in
+``.npz``). A ``.pt`` file holds only tensors and strings, so ``torch.load(weights_only=True)``
+reads it; ``numpy.load(allow_pickle=False)`` reads the ``.npz``.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -39,12 +48,14 @@ def export(path: str | os.PathLike[str], out: str | os.PathLike[str], *, format:
     if format not in FORMATS:
         raise InvalidInputError(f"export format must be one of {', '.join(FORMATS)}, not {format!r}")
     if normalized and format == "folder":
-        raise InvalidInputError("normalized applies to pt and npz; PNG images are always uint8")
+        raise InvalidInputError("normalized=True (--normalized on the command line) applies to pt and npz; "
+                                "PNG images are always uint8")
     target = Path(out)
     if target.resolve() == Path(path).resolve():
         raise InvalidInputError(f"{target} is the container being exported; choose another output")
     if target.exists() and not overwrite:
-        raise ContainerExistsError(f"{target} already exists; pass overwrite=True to replace it")
+        raise ContainerExistsError(f"{target} already exists; pass overwrite=True (--overwrite on the command "
+                                   "line) to replace it")
     if target.exists() and target.is_dir() != (format == "folder"):
         raise InvalidInputError(f"{target} exists and is a {'folder' if target.is_dir() else 'file'}; "
                                 f"refusing to replace it with a {format} export")
@@ -77,8 +88,11 @@ def _write_folder(ds: LaddDataset, folder: Path) -> None:
     digits = max(6, len(str(len(ds) - 1)))
     names = ds.class_names
     rows = []
+    dense = np.lib.format.open_memmap(folder / "dense_labels.npy", mode="w+", dtype=np.float32,
+                                      shape=ds.dense_labels.shape)
     for start in range(0, len(ds), _PNG_BATCH):
         batch = ds.images[start:start + _PNG_BATCH]
+        dense[start:start + len(batch)] = ds.dense_labels[start:start + len(batch)]
         for offset, image in enumerate(batch):
             index = start + offset
             label = int(ds.labels[index])
@@ -86,8 +100,12 @@ def _write_folder(ds: LaddDataset, folder: Path) -> None:
             (folder / rel).parent.mkdir(exist_ok=True)
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / rel, format="PNG")
             rows.append((index, rel, label, names[label]))
+    dense.flush()
+    del dense  # close the memory map before the folder is renamed into place
     _write_csv(folder / "labels.csv", ("index", "file", "label", "class_name"), rows)
     _write_csv(folder / "classes.csv", ("label", "class_name"), list(enumerate(names)))
+    (folder / "manifest.json").write_text(json.dumps(ds.manifest.to_json(), indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -102,7 +120,7 @@ def _write_arrays(arrays: dict[str, np.ndarray], file: Path, kind: str, class_na
         if kind == "pt":
             import torch
 
-            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f)
+            torch.save({**{k: torch.from_numpy(v) for k, v in arrays.items()}, "class_names": list(class_names)}, f)
         else:
             np.savez(f, **arrays, class_names=np.array(class_names, dtype=str))
         f.flush()

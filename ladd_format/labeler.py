@@ -9,9 +9,13 @@ softmax(logits / T) per crop in a container.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
+import math
 import os
-from collections.abc import Mapping
+import pickle
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._store import remove, sibling
 from ._torch import normalise, resolve_device
-from ._write import write
-from .errors import InvalidInputError
+from ._write import Writer
+from .errors import IntegrityError, InvalidInputError, LaddError
+from .presets import Preset, resolve
 from .models import build_model
 from .sampler import UniformSampler
 from .sources import SourceDataset
@@ -31,98 +37,168 @@ from .sources import SourceDataset
 LABELER_EPOCHS = 10
 
 
+class LabelerError(InvalidInputError):
+    """A labeler checkpoint is missing, unsafe (needs unpickling) or does not fit its description."""
+
+
 @dataclass(frozen=True)
 class LabelerConfig:
-    """Everything needed to rebuild a labeler network; stored beside its checkpoints."""
+    """What a labeler is: enough to rebuild a zoo network (stored beside its checkpoints), or
+    to describe any other network (``weights`` says where its weights came from)."""
 
     architecture: str
     in_channels: int
     num_classes: int
-    image_size: tuple[int, int]
+    image_size: tuple[int, int]  # the network's input size (H, W); crops are resized to it
     width: int | None
     depth: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source_dataset: str
     training: dict[str, Any]
+    weights: str | None = None
 
 
 class Labeler:
-    """A trained labeler: maps uint8 or 0..255 float images to logits."""
+    """A network that labels crops: maps 0..255 images at its input size to logits [B, K].
 
-    def __init__(self, model: torch.nn.Module, config: LabelerConfig, epochs: int,
+    Built by :func:`train_labeler` / :func:`load_labeler` for the library's own ConvNets, or
+    by :mod:`ladd_format.teachers` around any ``torch.nn.Module`` (torchvision, timm,
+    TorchScript); ``epochs`` is ``None`` when the library did not train it.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: LabelerConfig, epochs: int | None,
                  checkpoint_sha256: str | None = None) -> None:
         self.model = model.eval()
         self.config = config
         self.epochs = epochs
         self.checkpoint_sha256 = checkpoint_sha256
+        self.reused = False  # True when train_labeler loaded a finished checkpoint instead of training
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        for tensor in itertools.chain(self.model.parameters(), self.model.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.config.image_size)  # type: ignore[return-value]
 
     def provenance(self) -> dict[str, Any]:
-        """The ``labeler`` member of a manifest."""
+        """The ``labeler`` member of a manifest: what a reader needs to trust and reproduce the labels."""
         c = self.config
-        return {"architecture": c.architecture, "epochs": self.epochs, "source_dataset": c.source_dataset,
-                "training": {**c.training, "width": c.width, "depth": c.depth},
-                "checkpoint_sha256": self.checkpoint_sha256}
+        training = {**c.training, "width": c.width, "depth": c.depth} if c.weights is None else dict(c.training)
+        record = {"architecture": c.architecture, "epochs": self.epochs, "source_dataset": c.source_dataset,
+                  "training": training, "checkpoint_sha256": self.checkpoint_sha256,
+                  "input_size": list(c.image_size), "mean": list(c.mean), "std": list(c.std)}
+        if c.weights is not None:
+            record["weights"] = c.weights
+        return record
 
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Logits for images [B, C, H, W] on the 0..255 scale (normalised here).
-
-        Runs on the labeler's device; the result comes back on the input's device.
+        """Logits [B, K] for images [B, C, H, W] at the input size, on the 0..255 scale
+        (normalised here). Runs on the labeler's device; the result comes back on the
+        input's device. Any other output shape is a :class:`LabelerError`.
         """
         x = normalise(pixels.to(self.device), self.config.mean, self.config.std)
-        return self.model(x).float().to(pixels.device)
+        out = self.model(x)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), self.config.num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise LabelerError(f"labeler {self.config.architecture} returned {shape}, expected "
+                               f"[{len(x)}, {self.config.num_classes}] logits (one row per crop, one column per class)")
+        return out.float().to(pixels.device)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the weights (a plain state dict) and ``<path>.json`` with the config."""
+        """Write the weights (a plain state dict) and ``<path>.json`` (config + the weights' sha256).
+
+        Each file is written under a temporary name and renamed into place, the JSON last: a
+        reader that finds the JSON finds the weights it describes (their digest is checked).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, path)
-        meta = {"config": asdict(self.config), "epochs": self.epochs}
-        path.with_suffix(path.suffix + ".json").write_text(json.dumps(meta, indent=1))
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, buffer)
+        weights = buffer.getvalue()
+        self.checkpoint_sha256 = hashlib.sha256(weights).hexdigest()
+        meta = {"config": asdict(self.config), "epochs": self.epochs, "weights_sha256": self.checkpoint_sha256}
+        _replace_file(path, weights)
+        _replace_file(_meta_path(path), json.dumps(meta, indent=1).encode())
         return path
 
 
 def load_labeler(path: str | os.PathLike[str], device: str | torch.device | None = None) -> Labeler:
-    """Load a checkpoint written by :meth:`Labeler.save` (``weights_only=True``: no unpickling)."""
+    """Load a checkpoint written by :meth:`Labeler.save` (``weights_only=True``: no unpickling).
+
+    The weights must match the sha256 recorded in the JSON beside them, and the JSON must
+    describe a network this library builds; anything else is a typed error.
+    """
     path = Path(path)
-    meta_path = path.with_suffix(path.suffix + ".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise InvalidInputError(f"{path}: a labeler checkpoint needs the file and {meta_path.name}")
-    meta = json.loads(meta_path.read_text())
-    cfg = meta["config"]
-    config = LabelerConfig(**{**cfg, "image_size": tuple(cfg["image_size"]), "mean": tuple(cfg["mean"]),
-                              "std": tuple(cfg["std"])})
-    model = _build(config)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return Labeler(model.to(resolve_device(device)), config, int(meta["epochs"]), _sha256(path))
+    meta_path = _meta_path(path)
+    if not path.is_file():
+        raise LabelerError(f"{path}: no such labeler checkpoint")
+    if not meta_path.is_file():
+        raise LabelerError(f"{path}: a labeler checkpoint needs {meta_path.name} beside it "
+                           "(written by train-labeler)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        cfg = meta["config"]
+        config = LabelerConfig(**{**cfg, "image_size": tuple(cfg["image_size"]), "mean": tuple(cfg["mean"]),
+                                  "std": tuple(cfg["std"])})
+        epochs = int(meta["epochs"])
+        model = _build(config)
+    except (ValueError, KeyError, TypeError, LaddError) as exc:
+        raise LabelerError(f"{meta_path}: not a labeler description ({type(exc).__name__}: {exc})") from None
+    weights = path.read_bytes()
+    digest = hashlib.sha256(weights).hexdigest()
+    expected = meta.get("weights_sha256")
+    if expected is not None and expected != digest:
+        raise IntegrityError(f"{path}: the weights do not match the sha256 in {meta_path.name} "
+                             "(a damaged or half-written checkpoint)")
+    try:
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except pickle.UnpicklingError:
+        raise LabelerError(f"{path}: the file needs unpickling, which could run code; refused "
+                           "(a labeler checkpoint is a plain state dict)") from None
+    except (RuntimeError, TypeError, ValueError, EOFError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LabelerError(f"{path}: not weights of the network in {meta_path.name} ({first})") from None
+    return Labeler(model.to(resolve_device(device)), config, epochs, digest)
 
 
 def train_labeler(
-    source: SourceDataset, *, architecture: str = "convnet", epochs: int = LABELER_EPOCHS,
+    source: SourceDataset, *, architecture: str = "convnet", epochs: int | None = None,
     lr: float = 0.01, batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
-    width: int | None = None, depth: int | None = None, train_subset: int | None = None,
-    out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
-    device: str | torch.device | None = None, progress: bool = True,
+    width: int | None = None, depth: int | None = None, train_images: int | None = None,
+    preset: str | Preset | None = None, out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
+    reuse: bool = True, device: str | torch.device | None = None, progress: bool = True,
 ) -> Labeler:
     """Train a labeler from scratch on the source's train split (SGD, lr 0.01, batch 256).
 
-    A checkpoint is saved after every epoch in ``out_dir`` (``epoch_XX.pt`` + ``.json``); the
-    returned labeler is the last epoch's, with that checkpoint's digest. ``train_subset``
-    trains on a seeded class-stratified subset (for CPU-sized runs).
+    ``epochs`` defaults to 10; ``train_images`` trains on a seeded subset of that many train
+    images (for CPU-sized runs); ``preset`` (``"cpu"``, ``"paper"``) fills what is not given.
+    A checkpoint is saved after every epoch in ``out_dir`` (``epoch_XX.pt`` + ``.json``).
+    With ``reuse`` a finished last checkpoint there that was trained with exactly these
+    settings (its JSON says so and its digest matches) is loaded instead of training again;
+    ``labeler.reused`` tells which happened.
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise InvalidInputError("epochs and batch_size must be >= 1 and lr > 0")
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
+    knobs = resolve(preset, "labeler", {"epochs": epochs, "width": width, "train_images": train_images},
+                    {"epochs": LABELER_EPOCHS, "width": None, "train_images": None})
+    epochs, width, train_images = knobs["epochs"], knobs["width"], knobs["train_images"]
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise InvalidInputError(f"epochs and batch_size must be >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
+    if train_images is not None and train_images < 1:
+        raise InvalidInputError(f"train_images must be >= 1, got {train_images}")
+    if width is not None and width < 1:
+        raise InvalidInputError(f"width must be >= 1, got {width}")
+    if len(source.train_labels) == 0:
+        raise InvalidInputError(f"source {source.name!r} has no train images")
     rng = np.random.default_rng(seed)
     index = np.arange(len(source.train_labels))
-    if train_subset is not None and train_subset < len(index):
-        index = np.sort(rng.permutation(index)[:train_subset])
+    if train_images is not None and train_images < len(index):
+        index = np.sort(rng.permutation(index)[:train_images])
     h, w, c = source.image_shape
     config = LabelerConfig(
         architecture=architecture, in_channels=c, num_classes=source.num_classes, image_size=(h, w),
@@ -130,6 +206,13 @@ def train_labeler(
         training={"optimizer": "sgd", "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                   "batch_size": batch_size, "train_images": int(len(index)), "seed": seed,
                   "augmentation": "none"})
+    last = Path(out_dir) / f"epoch_{epochs:02d}.pt" if out_dir is not None else None
+    if reuse and last is not None:
+        found = _finished(last, config, epochs, device)
+        if found is not None:
+            return found
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
     model = _build(config).to(dev)
     images = torch.from_numpy(source.train_images[index]).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(source.train_labels[index])
@@ -150,47 +233,106 @@ def train_labeler(
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         labeler = Labeler(model, config, epoch)
         if out_dir is not None:
-            checkpoint = labeler.save(Path(out_dir) / f"epoch_{epoch:02d}.pt")
-            labeler.checkpoint_sha256 = _sha256(checkpoint)
+            labeler.save(Path(out_dir) / f"epoch_{epoch:02d}.pt")
     bar.close()
+    model.eval()
     return labeler
 
 
-@torch.no_grad()
-def label_crops(images: np.ndarray | torch.Tensor, labeler: Labeler, *, sampler: UniformSampler | None = None,
-                temperature: float = 1.0, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Dense labels [M, n*n, K]: softmax(labeler(crop) / T) for every crop of every image.
+def _finished(path: Path, config: LabelerConfig, epochs: int, device: str | torch.device | None) -> Labeler | None:
+    """The labeler at ``path`` when it is complete, intact and trained with ``config``."""
+    try:
+        labeler = load_labeler(path, device=device)
+    except LaddError:
+        return None
+    if labeler.config != config or labeler.epochs != epochs:
+        return None
+    labeler.reused = True
+    return labeler
 
-    ``images`` are uint8 [M, H, W, C]. Batched on the labeler's device, deterministic.
+
+def crops_per_pass(input_size: tuple[int, int], device: torch.device) -> int:
+    """Default crops per labeler forward pass: enough to keep a device busy, few enough that a
+    224 px teacher's activations stay near 1 GiB on a CPU (83 crops there, 1,000 at 28-32 px)."""
+    budget = (1 << 22) if device.type == "cpu" else (1 << 26)
+    return max(1, min(1000 if device.type == "cpu" else 4096, budget // (input_size[0] * input_size[1])))
+
+
+@torch.no_grad()
+def label_batches(images: Any, labeler: Labeler, *, sampler: UniformSampler | None = None,
+                  temperature: float = 1.0, batch_size: int | None = None,
+                  progress: bool = True) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, dense)`` pairs: float32 [B, n*n, K] softmax(labeler(crop) / T) for the
+    images ``rows``, batch after batch, so that nothing grows with the number of images.
+
+    ``images`` are uint8 [M, H, W, C] (a numpy array, tensor or a container's lazy
+    ``ds.images``). Each crop is cut and resized straight to the labeler's input size (SPEC.md
+    6.5; the image size for a labeler trained on it). ``batch_size`` is crops per forward pass
+    (default :func:`crops_per_pass`). Deterministic; progress in images/s with an ETA.
     """
-    if not temperature > 0:
-        raise InvalidInputError(f"temperature must be > 0, got {temperature}")
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise InvalidInputError(f"temperature must be a finite number > 0, got {temperature}")
     sampler = sampler or UniformSampler()
-    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2)
-    expected = (labeler.config.in_channels, *labeler.config.image_size)
-    if tuple(x.shape[1:]) != expected:
-        raise InvalidInputError(f"images are {tuple(x.shape[1:])} (C, H, W); the labeler expects {expected}")
-    out = []
-    for start in tqdm(range(0, len(x), batch_size), desc="label crops", disable=not progress):
-        batch = x[start:start + batch_size].to(labeler.device)
-        crops = sampler.crops(batch, flatten=True)  # [B * n*n, C, H, W], image-major, 0..255
-        probs = torch.softmax(labeler.logits(crops) / temperature, dim=-1)
-        out.append(probs.view(len(batch), sampler.num_crops, -1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
+    shape = tuple(images.shape)
+    if len(shape) != 4 or shape[3] != labeler.config.in_channels:
+        raise InvalidInputError(f"images are {shape} [M, H, W, C]; the labeler takes {labeler.config.in_channels} "
+                                "channel(s)")
+    per_pass = batch_size or crops_per_pass(labeler.input_size, labeler.device)
+    step = max(1, per_pass // sampler.num_crops)
+    size = None if labeler.input_size == shape[1:3] else labeler.input_size
+    with tqdm(total=shape[0], desc="label crops", unit="img", disable=not progress) as bar:
+        for start in range(0, shape[0], step):
+            rows = slice(start, min(start + step, shape[0]))
+            batch = torch.as_tensor(np.asarray(images[rows])).permute(0, 3, 1, 2).to(labeler.device)
+            crops = sampler.crops(batch, flatten=True, **({"size": size} if size else {}))  # image-major, 0..255
+            probs = torch.softmax(labeler.logits(crops) / temperature, dim=-1)
+            yield rows, probs.view(len(batch), sampler.num_crops, -1).cpu().numpy().astype(np.float32, copy=False)
+            bar.update(len(batch))
+
+
+def label_crops(images: Any, labeler: Labeler, *, sampler: UniformSampler | None = None,
+                temperature: float = 1.0, batch_size: int | None = None, progress: bool = True) -> np.ndarray:
+    """Dense labels [M, n*n, K] in memory (float32): :func:`label_batches` gathered.
+
+    For many images use :func:`augment`, which writes each batch as it comes.
+    """
+    parts = [dense for _, dense in label_batches(images, labeler, sampler=sampler, temperature=temperature,
+                                                 batch_size=batch_size, progress=progress)]
+    return np.concatenate(parts)
 
 
 def augment(
-    path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray, labeler: Labeler, *,
+    path: str | os.PathLike[str], images: Any, labels: Any, labeler: Labeler, *,
     sampler: UniformSampler | None = None, temperature: float = 1.0,
     distillation: Mapping[str, Any] | None = None, class_names: list[str] | None = None,
-    encoding: str | None = None, overwrite: bool = False, progress: bool = True, **write_kwargs: Any,
+    encoding: str | None = None, overwrite: bool = False, batch_size: int | None = None,
+    progress: bool = True, **write_kwargs: Any,
 ) -> Path:
-    """Algorithm 1: label every crop of every distilled image and write the LADD container."""
+    """Algorithm 1: label every crop of every distilled image and write the LADD container.
+
+    Streams: each batch is labelled, encoded and appended to a :class:`~ladd_format.Writer`,
+    so memory holds the images plus one batch, never all the dense labels. The labeler's
+    output is checked on the first batch, before anything is written; the container commits
+    atomically at the end. ``mean``/``std`` (the normalisation trainers apply) default to the
+    labeler's; ``write_kwargs`` go to the writer.
+    """
     sampler = sampler or UniformSampler()
-    dense = label_crops(images, labeler, sampler=sampler, temperature=temperature, progress=progress)
-    return write(path, images, labels, dense, sampler=sampler, temperature=temperature, encoding=encoding,
-                 class_names=class_names, mean=list(labeler.config.mean), std=list(labeler.config.std),
-                 labeler=labeler.provenance(), distillation=distillation, overwrite=overwrite, **write_kwargs)
+    labels = np.asarray(labels)
+    k = labeler.config.num_classes
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise InvalidInputError(f"labels must be [M] = [{len(images)}], got {labels.shape}")
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= k):
+        raise InvalidInputError(f"hard labels must be integers in [0, {k}): the labeler has {k} classes")
+    write_kwargs.setdefault("mean", list(labeler.config.mean))
+    write_kwargs.setdefault("std", list(labeler.config.std))
+    batches = label_batches(images, labeler, sampler=sampler, temperature=temperature, batch_size=batch_size,
+                            progress=progress)
+    with Writer(path, num_images=len(images), image_shape=tuple(images.shape[1:]), num_classes=k,
+                sampler=sampler, temperature=temperature, encoding=encoding, class_names=class_names,
+                labeler=labeler.provenance(), distillation=distillation, overwrite=overwrite, **write_kwargs) as out:
+        for rows, dense in batches:
+            out.append(np.asarray(images[rows]), labels[rows], dense)
+    return out.path
 
 
 def _build(config: LabelerConfig) -> torch.nn.Module:
@@ -198,5 +340,18 @@ def _build(config: LabelerConfig) -> torch.nn.Module:
                        depth=config.depth, width=config.width)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".json")
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` all or nothing: a temporary sibling, fsync, rename."""
+    tmp = sibling(path, "tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        remove(tmp)

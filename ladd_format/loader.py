@@ -1,9 +1,12 @@
 """Feed a LADD dataset to a trainer: full images, hard labels, crops and their dense labels.
 
-:class:`DeviceLoader` uploads the uint8 images and the labels once and renders every batch on
-the device with the one crop function (:meth:`UniformSampler.crops`): no worker processes,
-and device memory holds the dataset plus the batches being used. :class:`CropDataset` gives
-the same views per index for ordinary ``torch.utils.data.DataLoader`` pipelines.
+:class:`DeviceLoader` uploads the uint8 images, the labels and the dense labels in their
+stored encoding once, and renders every batch on the device: the one crop function
+(:meth:`UniformSampler.crops`) cuts the crops and the encoding's torch decoder decodes only
+the batch's dense-label rows. No worker processes; memory holds the stored arrays (not the
+float32 labels: 4x a uint8 encoding's bytes, 270x a top-5 of 1,000 classes) plus the
+batches being used. :class:`CropDataset` gives the same views per index for ordinary
+``torch.utils.data.DataLoader`` pipelines.
 
 Normalisation is ``(x / 255 - mean) / std`` with the manifest's statistics. It is applied to
 the full image before cropping; because every crop pixel is a convex combination of image
@@ -12,16 +15,21 @@ pixels, that equals normalising the crops (to float32 rounding) and costs a frac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ._encodings import Encoding, _torch_float32
+from ._read import LazyArray
+from ._store import rows_per_block
 from ._torch import channel_stats, normalise, resolve_device
 from .dsa import STRATEGY, apply_dsa, sample_dsa
 from .errors import InvalidInputError
 from .sampler import UniformSampler
+
+IMAGES_ON = ("device", "pinned")
 
 
 @dataclass(frozen=True)
@@ -42,42 +50,63 @@ class Batch:
 
 
 class DeviceLoader:
-    """Batches of a LADD dataset rendered on ``device``; iterate once per epoch.
+    """Batches of a LADD dataset (or a ``subset`` view) rendered on ``device``; iterate once
+    per epoch.
 
     ``crops_per_image``: ``"all"`` (n*n crops per image, in grid order), k in 1..n*n (k
     distinct crops per image drawn afresh each step), or 0 (full images only). Each epoch draws a new order when
     ``shuffle``; with ``seed`` the sequence of epochs is reproducible. ``augment="dsa"``
     applies DSA to the images and the crops (one family per step, parameters per sample).
+    ``images_on="pinned"`` keeps the images in host memory (pinned for a CUDA device) and
+    copies each batch's images over, for datasets whose images do not fit on the device;
+    the batches are the same. :meth:`memory` says what the loader holds where.
+
+    ``Batch.dense`` rows are those of ``dataset.dense_labels`` bit for bit; for a logits
+    container softmax(z / T) is computed in torch, within 1e-6 relative of numpy's.
     """
 
     def __init__(self, dataset, batch_size: int = 256, device: torch.device | str | None = None,
                  crops_per_image: int | str = "all", shuffle: bool = True,
                  seed: int | None = None, augment: str | None = "dsa", drop_last: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, images_on: str = "device") -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if augment not in ("dsa", None):
             raise InvalidInputError(f"augment must be 'dsa' or None, got {augment!r}")
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise InvalidInputError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+        if images_on not in IMAGES_ON:
+            raise InvalidInputError(f"images_on must be one of {IMAGES_ON}, got {images_on!r}")
         self.device = resolve_device(device)
         self.sampler = UniformSampler.from_spec(dataset.manifest.sampler)
         self.k = _crops_per_image(crops_per_image, self.sampler.num_crops)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.augment, self.dtype = augment, dtype
+        self.augment, self.dtype, self.images_on = augment, dtype, images_on
         self.seed = int(seed) if seed is not None else int(
             torch.randint(2**62, (1,)).item())
         self.epoch = 0
-        images, labels, dense, mean, std = _read(dataset, self.sampler.num_crops)
-        dev = self.device
-        self._images = torch.from_numpy(images).to(dev).permute(0, 3, 1, 2).contiguous()
-        self._labels = torch.from_numpy(labels).to(dev)
-        self._dense = torch.from_numpy(dense).to(dev)
-        self._mean, self._std = channel_stats(mean, dev), channel_stats(std, dev)
+        dev, info, spec = self.device, dataset.manifest.image, dataset.manifest.dense_labels
+        self._pin = images_on == "pinned" and dev.type == "cuda"
+        self._images = _upload_images(dataset, dev if images_on == "device" else torch.device("cpu"),
+                                      self._pin)
+        self._labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(dev)
+        self._encoding = dataset.encoding
+        self._stored = _upload_dense(dataset, self._encoding, self.sampler.num_crops, dev)
+        self._temperature = spec.temperature if spec.values == "logits" else None
+        self._mean, self._std = channel_stats(info.mean, dev), channel_stats(info.std, dev)
 
     def __len__(self) -> int:
         m = len(self._labels)
         return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Bytes held, by place (``"device"``, ``"host"``) and array: the images, the hard
+        labels and each stored dense-label array; the batches in use come on top."""
+        held: dict[str, dict[str, int]] = {"device": {}, "host": {}}
+        held["host" if self.images_on == "pinned" else "device"]["images"] = self._images.nbytes
+        held["device"]["labels"] = self._labels.nbytes
+        held["device"].update({name: t.nbytes for name, t in self._stored.items()})
+        return held
 
     def __iter__(self) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
@@ -90,23 +119,21 @@ class DeviceLoader:
     def _batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
         b, n2, dev = len(index), self.sampler.num_crops, self.device
         idx = index.to(dev, non_blocking=True)
-        images = normalise(self._images.index_select(0, idx), self._mean, self._std)
+        images = normalise(self._batch_images(index, idx), self._mean, self._std)
         if self.k == 0:  # full images only (hard- or soft-label training)
             crop_image = crop_id = torch.zeros(0, dtype=torch.int64, device=dev)
             crops = images.new_zeros((0, *images.shape[1:]))
-            dense = self._dense.new_zeros((0, self._dense.shape[-1]))
         elif self.k == n2:
             crops = self.sampler.crops(images, dtype=self.dtype, order="crop", flatten=True)
             crop_image = torch.arange(b, device=dev).repeat(n2)
             crop_id = torch.arange(n2, device=dev).repeat_interleave(b)
-            dense = self._dense.index_select(0, idx).transpose(0, 1).flatten(0, 1)
         else:
             picks = torch.rand(b, n2, generator=generator).argsort(dim=1)[:, :self.k]
             crop_id, sort = picks.flatten().sort(stable=True)
             crop_image = sort // self.k
             crops = self.sampler.crops_at(images, crop_image, crop_id, dtype=self.dtype)
             crop_image, crop_id = crop_image.to(dev), crop_id.to(dev)
-            dense = self._dense[idx[crop_image], crop_id]
+        dense = self._dense(idx[crop_image], crop_id)
         images = images.to(self.dtype)
         if self.augment == "dsa":
             h, w = images.shape[2:]
@@ -117,6 +144,20 @@ class DeviceLoader:
                 crops = apply_dsa(crops, params.select(slice(b, None)))
         return Batch(images, self._labels.index_select(0, idx), crops, dense, idx, crop_image,
                      crop_id)
+
+    def _batch_images(self, index: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images [B, C, H, W] of the batch on the device (``index`` on the host,
+        ``idx`` on the device); host images are gathered into pinned memory, so that the
+        copy to the device does not block the host."""
+        if self.images_on == "device":
+            return self._images.index_select(0, idx)
+        staged = torch.empty((len(index), *self._images.shape[1:]), dtype=torch.uint8, pin_memory=self._pin)
+        return torch.index_select(self._images, 0, index, out=staged).to(self.device, non_blocking=True)
+
+    def _dense(self, image: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+        """float32 dense labels [R, K] of (image, crop) pairs, decoded on the device."""
+        values = self._encoding.torch_decode({name: t[image, crop] for name, t in self._stored.items()})
+        return values if self._temperature is None else _softmax(values, self._temperature)
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -162,19 +203,40 @@ def _epoch_seed(seed: int, epoch: int) -> int:
                >> 1)
 
 
-def _read(dataset, crops: int):
-    """The arrays the loader uploads, checked against each other."""
-    images = np.asarray(dataset.images)
-    labels = np.asarray(dataset.labels).astype(np.int64, copy=False)
-    dense = np.ascontiguousarray(np.asarray(dataset.dense_labels), dtype=np.float32)
-    info = dataset.manifest.image
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != len(info.mean):
-        raise InvalidInputError(f"images must be uint8 [M, H, W, {len(info.mean)}], got "
-                                f"{images.dtype} {images.shape}")
-    m = images.shape[0]
-    if labels.shape != (m,):
-        raise InvalidInputError(f"labels must be [{m}], got {labels.shape}")
-    if dense.shape != (m, crops, dataset.num_classes):
-        raise InvalidInputError(f"dense labels must be [{m}, {crops}, {dataset.num_classes}], "
-                                f"got {dense.shape}")
-    return np.ascontiguousarray(images), labels, dense, list(info.mean), list(info.std)
+def _upload_images(dataset, device: torch.device, pin: bool) -> torch.Tensor:
+    """The uint8 images as [M, C, H, W] on ``device`` (pinned host memory with ``pin``)."""
+    m, h, w, c = dataset.images.shape
+    out = torch.empty((m, c, h, w), dtype=torch.uint8, device=device, pin_memory=pin)
+    _fill({"images": out.permute(0, 2, 3, 1)}, {"images": dataset.images})
+    return out
+
+
+def _upload_dense(dataset, encoding: Encoding, crops: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The encoding's stored arrays for the dataset's images, checked, in their stored dtypes
+    on ``device``: the float32 labels never exist whole, on the host or the device."""
+    sources = dataset.stored_dense()
+    targets = {name: torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+               for name, (dtype, shape) in encoding.stored_specs(len(dataset), crops, dataset.num_classes).items()}
+    _fill(targets, sources, encoding.check)
+    return targets
+
+
+def _fill(targets: dict[str, torch.Tensor], sources: dict[str, LazyArray],
+          check: Callable[[dict[str, np.ndarray]], None] | None = None) -> None:
+    """Copy each source into its target a block of rows at a time (each block ``check``-ed
+    first), so the host holds one block of them besides the targets."""
+    step = min(rows_per_block(a.shape, a.dtype.itemsize) for a in sources.values())
+    for start in range(0, len(next(iter(sources.values()))), step):
+        blocks = {name: a[start:start + step] for name, a in sources.items()}
+        if check is not None:
+            check(blocks)
+        for name, block in blocks.items():
+            targets[name][start:start + step].copy_(torch.from_numpy(block))
+
+
+def _softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T) in the float32 steps of the reader's numpy softmax; torch's exp
+    and sum round differently from numpy's, by a few units in the last place."""
+    z = logits / _torch_float32(temperature, logits)
+    e = (z - z.amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(dim=-1, keepdim=True)

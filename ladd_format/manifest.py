@@ -11,14 +11,14 @@ import hashlib
 import json
 import math
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from .errors import SchemaError
 
 FORMAT_NAME = "ladd"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 """The newest format version this library reads and writes; the writer records the oldest
 version that has every feature a container uses (SPEC.md section 9)."""
 ATTRIBUTE_KEY = "ladd"
@@ -74,13 +74,40 @@ class DenseLabelSpec(_Model):
 
 
 class LabelerInfo(_Model):
-    """Provenance of the network that produced the dense labels."""
+    """Provenance of the network that produced the dense labels.
+
+    ``input_size``, ``mean``, ``std`` and ``weights`` are format 1.2: the labeler's input size
+    (each crop is cut and resized straight to it, SPEC.md section 6.4), the normalisation it
+    was fed with, and where its weights came from (``checkpoint_sha256`` is their file's sha256).
+    """
 
     architecture: str = "unknown"
     epochs: int | None = Field(default=None, ge=0)
     training: _JsonDict = Field(default_factory=dict)
     source_dataset: str = "unknown"
     checkpoint_sha256: _Hex64 | None = None
+    input_size: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=2, max_length=2)
+    mean: list[float] | None = Field(default=None, min_length=1, max_length=3)
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1, max_length=3)
+    weights: str | None = None
+
+    @model_validator(mode="after")
+    def _paired(self) -> LabelerInfo:
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std or ())):
+            raise ValueError("labeler mean and std go together, one value per channel each")
+        return self
+
+    ADDED_IN_1_2: ClassVar[tuple[str, ...]] = ("input_size", "mean", "std", "weights")
+
+    @property
+    def since(self) -> str:
+        """The oldest format version with every member used here."""
+        return "1.2" if self.unset_added() != set(self.ADDED_IN_1_2) else "1.0"
+
+    def unset_added(self) -> set[str]:
+        """Members of later minor versions left unset: left out of the stored JSON, so a
+        container that does not use them is byte for byte what the older version wrote."""
+        return {name for name in self.ADDED_IN_1_2 if getattr(self, name) is None}
 
 
 class DistillationInfo(_Model):
@@ -140,7 +167,7 @@ class Manifest(_Model):
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object as stored (``manifest_sha256`` filled in)."""
-        body = self.model_dump(mode="json", exclude={"manifest_sha256"})
+        body = self.model_dump(mode="json", exclude={"manifest_sha256": True, "labeler": self.labeler.unset_added()})
         body["manifest_sha256"] = manifest_digest(body)
         return body
 

@@ -85,40 +85,46 @@ class UniformSampler:
         torch.device(device)  # validates the argument
         return "gemm"
 
-    def crops(self, images, *, dtype: torch.dtype = torch.float32, flatten: bool = False,
-              order: str = "image", path: str = "auto") -> torch.Tensor:
-        """All n*n crops of each image, each resized back to the image size.
+    def crops(self, images, *, size: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
+              flatten: bool = False, order: str = "image", path: str = "auto") -> torch.Tensor:
+        """All n*n crops of each image, each resized to ``size`` (H_out, W_out).
 
+        ``size`` defaults to the image size; a labeler whose input size differs (a 224 px
+        teacher on 32 px images) passes its own, so each crop is resized once, straight from
+        the crop box. Shrinking is plain bilinear with no antialiasing, as SPEC 6.2 defines.
         ``images``: [B, C, H, W] or [C, H, W], uint8 (0..255) or float, on any device; no
-        normalisation is applied. Returns [B, n*n, C, H, W] (``order="image"``) or
-        [n*n, B, C, H, W] (``order="crop"``), contiguous; ``flatten`` merges the first two
-        dimensions. The result is on the images' device. Arithmetic runs in float32 (float64
-        for a float64 output); a 16-bit output is that result rounded once.
+        normalisation is applied. Returns [B, n*n, C, H_out, W_out] (``order="image"``) or
+        [n*n, B, C, H_out, W_out] (``order="crop"``), contiguous; ``flatten`` merges the first
+        two dimensions. The result is on the images' device. Arithmetic runs in float32
+        (float64 for a float64 output); a 16-bit output is that result rounded once.
         """
         if order not in ("image", "crop"):
             raise InvalidInputError(f"order must be 'image' or 'crop', got {order!r}")
         x = self._prepare(images, dtype)
-        b, c, h, w = x.shape
+        b, c = x.shape[:2]
+        size = self._size(size, x)
         m = self.num_crops
         path = self._path(path, x.device)
         if path == "interpolate":
             pairs = torch.arange(b * m)
             img, crop = (pairs // m, pairs % m) if order == "image" else (pairs % b, pairs // b)
-            out = self._interpolate(x, img, crop, dtype)
+            out = self._interpolate(x, img, crop, size, dtype)
         else:
-            out = self._gemm_grid(x, order).to(dtype)
+            out = self._gemm_grid(x, order, size).to(dtype)
         shape = (b, m) if order == "image" else (m, b)
-        out = out.view(*shape, c, h, w)
+        out = out.view(*shape, c, *size)
         return out.flatten(0, 1) if flatten else out
 
-    def crops_at(self, images, image_index, crop_index, *, dtype: torch.dtype = torch.float32,
-                 path: str = "auto") -> torch.Tensor:
+    def crops_at(self, images, image_index, crop_index, *, size: tuple[int, int] | None = None,
+                 dtype: torch.dtype = torch.float32, path: str = "auto") -> torch.Tensor:
         """Selected crops: row r is crop ``crop_index[r]`` of image ``image_index[r]``.
 
-        Returns [R, C, H, W]. Rows that share a crop index and sit next to each other are
-        rendered together, so pass pairs sorted by crop index for speed.
+        Returns [R, C, H_out, W_out] (``size`` as in :meth:`crops`). Rows that share a crop
+        index and sit next to each other are rendered together, so pass pairs sorted by crop
+        index for speed.
         """
         x = self._prepare(images, dtype)
+        size = self._size(size, x)
         img = _host_index(image_index, "image_index")
         crop = _host_index(crop_index, "crop_index")
         if img.shape != crop.shape:
@@ -130,8 +136,8 @@ class UniformSampler:
         if crop.numel() and (crop.min() < 0 or crop.max() >= self.num_crops):
             raise InvalidInputError(f"crop_index out of range for {self.num_crops} crops")
         if self._path(path, x.device) == "interpolate":
-            return self._interpolate(x, img, crop, dtype)
-        return self._gemm_pairs(x, img, crop).to(dtype)
+            return self._interpolate(x, img, crop, size, dtype)
+        return self._gemm_pairs(x, img, crop, size).to(dtype)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -141,6 +147,20 @@ class UniformSampler:
         if path not in PATHS:
             raise InvalidInputError(f"path must be 'auto' or one of {PATHS}, got {path!r}")
         return path
+
+    @staticmethod
+    def _size(size, x: torch.Tensor) -> tuple[int, int]:
+        """The output (H, W): the image's when ``size`` is None, else two integers >= 1."""
+        if size is None:
+            return int(x.shape[2]), int(x.shape[3])
+        try:
+            h, w = size
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"size must be (height, width), got {size!r}") from None
+        for v in (h, w):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InvalidInputError(f"size must be two integers >= 1, got {size!r}")
+        return int(h), int(w)
 
     def _prepare(self, images, dtype: torch.dtype) -> torch.Tensor:
         """Validate and convert to the float type the arithmetic runs in."""
@@ -169,75 +189,80 @@ class UniformSampler:
         work = torch.float64 if dtype == torch.float64 else torch.float32
         return images.to(work).contiguous()
 
-    def _weights(self, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """[length, side]: output pixel <- crop pixel weights (cached per device and dtype)."""
-        key = ("weights", length, device, dtype)
+    def _weights(self, length: int, out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[out, side]: output pixel <- crop pixel weights along an image side of ``length``
+        (cached per size, device and dtype)."""
+        key = ("weights", length, out, device, dtype)
         if key not in self._cache:
             side, _ = self.axis(length)
-            self._cache[key] = torch.from_numpy(_resize_weights(length, side)).to(device, dtype)
+            self._cache[key] = torch.from_numpy(_resize_weights(out, side)).to(device, dtype)
         return self._cache[key]
 
-    def _column_windows(self, w: int, device: torch.device, dtype: torch.dtype):
+    def _column_windows(self, w: int, out: int, device: torch.device, dtype: torch.dtype):
         """Per grid column, (start, Rx^T rows): the crop's weights folded in at its offset,
         cut to a window that starts 16-byte aligned so the GEMM gets aligned operands."""
-        key = ("columns", w, device, dtype)
+        key = ("columns", w, out, device, dtype)
         if key not in self._cache:
-            local = self._weights(w, device, dtype).T
+            local = self._weights(w, out, device, dtype).T
             side, align = local.shape[0], 16 // local.element_size()
             windows = []
             for left in self.axis(w)[1]:
                 start = left // align * align
                 stop = min(-(-(left + side) // align) * align, w)
-                window = torch.zeros(stop - start, w, device=device, dtype=dtype)
+                window = torch.zeros(stop - start, out, device=device, dtype=dtype)
                 window[left - start:left - start + side] = local
                 windows.append((start, window))
             self._cache[key] = windows
         return self._cache[key]
 
-    def _row_pass(self, x: torch.Tensor, top: int) -> torch.Tensor:
-        """Ry @ x for the crops of one grid row (the height-axis resize): [B, C, H, W]."""
-        ry = self._weights(x.shape[2], x.device, x.dtype)
+    def _row_pass(self, x: torch.Tensor, top: int, out: int) -> torch.Tensor:
+        """Ry @ x for the crops of one grid row (the height-axis resize): [B, C, out, W]."""
+        ry = self._weights(x.shape[2], out, x.device, x.dtype)
         return torch.matmul(ry, x[:, :, top:top + ry.shape[1]])
 
-    def _gemm_grid(self, x: torch.Tensor, order: str) -> torch.Tensor:
+    def _gemm_grid(self, x: torch.Tensor, order: str, size: tuple[int, int]) -> torch.Tensor:
         """All crops as out = Ry @ patch @ Rx^T; the row pass is shared by a row of crops."""
         b, c, h, w = x.shape
+        ho, wo = size
         n = self.n
-        shape = (b, n * n, c, h, w) if order == "image" else (n * n, b, c, h, w)
+        shape = (b, n * n, c, ho, wo) if order == "image" else (n * n, b, c, ho, wo)
         out = torch.empty(shape, device=x.device, dtype=x.dtype)
-        windows = self._column_windows(w, x.device, x.dtype)
+        windows = self._column_windows(w, wo, x.device, x.dtype)
         with _exact_matmul(x.device):
             for r, top in enumerate(self.axis(h)[1]):
-                rows = self._row_pass(x, top)
+                rows = self._row_pass(x, top, ho)
                 for s, (start, rhs) in enumerate(windows):
                     k = rhs.shape[0]
                     a = rows[..., start:start + k]
                     if order == "crop":
-                        torch.mm(a.reshape(-1, k), rhs, out=out[r * n + s].view(-1, w))
+                        torch.mm(a.reshape(-1, k), rhs, out=out[r * n + s].view(-1, wo))
                     else:
-                        torch.bmm(a.reshape(b, c * h, k), rhs.expand(b, k, w),
-                                  out=out[:, r * n + s].view(b, c * h, w))
+                        torch.bmm(a.reshape(b, c * ho, k), rhs.expand(b, k, wo),
+                                  out=out[:, r * n + s].view(b, c * ho, wo))
         return out
 
-    def _gemm_pairs(self, x: torch.Tensor, img: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+    def _gemm_pairs(self, x: torch.Tensor, img: torch.Tensor, crop: torch.Tensor,
+                    size: tuple[int, int]) -> torch.Tensor:
         _, c, h, w = x.shape
+        ho, wo = size
         tops = self.axis(h)[1]
-        out = torch.empty(img.numel(), c, h, w, device=x.device, dtype=x.dtype)
-        windows = self._column_windows(w, x.device, x.dtype)
+        out = torch.empty(img.numel(), c, ho, wo, device=x.device, dtype=x.dtype)
+        windows = self._column_windows(w, wo, x.device, x.dtype)
         on_device = img.to(x.device)
         with _exact_matmul(x.device):
             for start, stop, j in _runs(crop):
-                rows = self._row_pass(x.index_select(0, on_device[start:stop]), tops[j // self.n])
+                rows = self._row_pass(x.index_select(0, on_device[start:stop]), tops[j // self.n], ho)
                 first, rhs = windows[j % self.n]
                 k = rhs.shape[0]
                 torch.mm(rows[..., first:first + k].reshape(-1, k), rhs,
-                         out=out[start:stop].view(-1, w))
+                         out=out[start:stop].view(-1, wo))
         return out
 
     def _interpolate(self, x: torch.Tensor, img: torch.Tensor, crop: torch.Tensor,
-                     dtype: torch.dtype) -> torch.Tensor:
-        """Gather the patches, then one F.interpolate call (antialias on CUDA: faster there,
-        and identical when enlarging)."""
+                     size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """Gather the patches, then one F.interpolate call. Antialias on CUDA when no axis
+        shrinks: faster there, and identical when enlarging; when shrinking it would average,
+        which SPEC 6.2 does not."""
         _, _, h, w = x.shape
         ch, tops = self.axis(h)
         cw, lefts = self.axis(w)
@@ -247,13 +272,15 @@ class UniformSampler:
         ys = (top[:, None] + torch.arange(ch, device=dev))[:, :, None]
         xs = (left[:, None] + torch.arange(cw, device=dev))[:, None, :]
         patches = x[img.to(dev)[:, None, None], :, ys, xs].permute(0, 3, 1, 2).contiguous()
-        out = F.interpolate(patches, size=(h, w), mode="bilinear", align_corners=False,
-                            antialias=dev.type == "cuda")
+        enlarging = size[0] >= ch and size[1] >= cw
+        out = F.interpolate(patches, size=size, mode="bilinear", align_corners=False,
+                            antialias=dev.type == "cuda" and enlarging)
         return out.to(dtype)
 
 
 def _resize_weights(length: int, side: int) -> np.ndarray:
-    """Bilinear, half-pixel centres, clamped to the crop: exact rational weights, float64."""
+    """[length, side]: a crop side resized to ``length`` output pixels; bilinear, half-pixel
+    centres, clamped to the crop: exact rational weights, float64."""
     d = np.arange(length, dtype=np.int64)
     num = np.maximum((2 * d + 1) * side - length, 0)  # source coordinate * 2*length
     i0 = num // (2 * length)

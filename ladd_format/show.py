@@ -10,15 +10,17 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ._read import LaddDataset
+from .errors import IndexOutOfRangeError, InvalidInputError
 from .sampler import UniformSampler
 
+_FORMATS = (".png", ".jpg", ".jpeg", ".webp")
 _TILE = 112  # pixels per crop tile; small images are upscaled (nearest) to stay legible
 
 
 def render(ds: LaddDataset, index: int) -> Image.Image:
     """The image (with its hard label) beside its crops, each captioned "class p"."""
     if not -len(ds) <= index < len(ds):
-        raise IndexError(f"index {index} out of range for {len(ds)} images")
+        raise IndexOutOfRangeError(f"index {index} is out of range for {len(ds)} images (0..{len(ds) - 1})")
     image, label, dense = ds[index]
     sampler = UniformSampler.from_spec(ds.manifest.sampler)
     crops = sampler.crops(torch.from_numpy(image).permute(2, 0, 1))[0]  # [n*n, C, H, W], 0..255
@@ -49,8 +51,12 @@ def render(ds: LaddDataset, index: int) -> Image.Image:
 
 
 def save_render(ds: LaddDataset, index: int, path: str | os.PathLike[str]) -> Path:
+    """Render image ``index`` to an image file; its folder must exist (none is created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() not in _FORMATS:
+        raise InvalidInputError(f"{path}: the picture must be a {', '.join(_FORMATS)} file")
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"{path}: folder {path.parent} does not exist")
     render(ds, index).save(path)
     return path
 

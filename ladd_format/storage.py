@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cli_args import positive_int
 from ._encodings import NAMES, TOPK_RULES
 from ._read import LaddDataset
 from ._read import open as open_container
@@ -39,7 +40,13 @@ class Overhead:
     stored arrays of the container's encoding); ``raw_*``: the same before compression;
     ``stored_bytes``: each array as the container stores it (chunks after its codec, plus
     metadata; equal in both forms); ``zip_bytes``: the single-file form's size.
-    Percentages are relative to images + hard labels.
+
+    One definition per name: ``baseline_bytes`` is the hard-label baseline on disk (the stored
+    images + hard labels, exactly what a set without dense labels stores); ``stored_percent``
+    is *the* overhead (dense labels' on-disk bytes / ``baseline_bytes``, as ``ladd inspect``
+    and the demo report it); ``baseline_plus_plus_*`` is an on-disk *estimate* of one more
+    image per class at this container's mean bytes per image (the demo measures it instead).
+    ``paper_*`` percentages are relative to the paper's deflated images + hard labels.
     """
 
     location: str
@@ -58,6 +65,7 @@ class Overhead:
     paper_float32_percent: float
     paper_encoded_percent: float
     stored_bytes: dict[str, int]
+    baseline_bytes: int
     stored_percent: float
     zip_bytes: int
     baseline_plus_plus_bytes: int
@@ -97,9 +105,10 @@ def overhead(dataset: LaddDataset | str | os.PathLike[str]) -> Overhead:
         paper_base_bytes=base, paper_float32_bytes=with_float32, paper_encoded_bytes=with_encoded,
         paper_float32_percent=_percent(with_float32 - base, base),
         paper_encoded_percent=_percent(with_encoded - base, base),
-        stored_bytes=stored, stored_percent=_percent(sum(stored.values()) - stored_base, stored_base),
+        stored_bytes=stored, baseline_bytes=stored_base,
+        stored_percent=_percent(sum(stored.values()) - stored_base, stored_base),
         zip_bytes=_zip_size(dataset),
-        baseline_plus_plus_bytes=round(base * (m.num_images + extra_images) / m.num_images),
+        baseline_plus_plus_bytes=round(stored_base * (m.num_images + extra_images) / m.num_images),
         baseline_plus_plus_percent=_percent(extra_images, m.num_images),
     )
 
@@ -153,18 +162,20 @@ def _cmd_overhead(args: argparse.Namespace) -> int:
     params = f" {report.encoding_params}" if report.encoding_params else ""
     print(f"{report.location}: {report.num_images} images {h}x{w}x{c}, K = {report.num_classes}, "
           f"{report.crops} crops, encoding {report.encoding}{params}")
-    print("  the paper's count (zipfile deflate; images uint8, hard labels float32):")
-    print(f"    images + hard labels      {report.paper_base_bytes:>14,d} bytes")
-    print(f"    + dense labels as float32 {report.paper_float32_bytes:>14,d} bytes  "
-          f"{report.paper_float32_percent:+.2f}%  (before compression {report.raw_float32_percent:+.2f}%)")
-    print(f"    + dense labels as stored  {report.paper_encoded_bytes:>14,d} bytes  "
-          f"{report.paper_encoded_percent:+.2f}%  (before compression {report.raw_encoded_percent:+.2f}%)")
-    print(f"    baseline++ (+1 image/class){report.baseline_plus_plus_bytes:>13,d} bytes  "
-          f"{report.baseline_plus_plus_percent:+.2f}%")
-    print("  the container's bytes (chunks after codecs, plus metadata):")
+    print("  on disk (chunks after codecs, plus metadata):")
     for name, size in report.stored_bytes.items():
-        print(f"    {name:26s}{size:>14,d} bytes")
-    print(f"    dense-label overhead      {report.stored_percent:+.2f}%; single-file form {report.zip_bytes:,d} bytes")
+        print(f"    {name:34s}{size:>14,d} bytes")
+    print(f"    hard-label baseline (images+labels){report.baseline_bytes:>13,d} bytes")
+    print(f"    overhead of the dense labels      {report.stored_percent:>+13.2f}%")
+    print(f"    baseline++ estimate (+1 image/class){report.baseline_plus_plus_bytes:>12,d} bytes  "
+          f"{report.baseline_plus_plus_percent:+.2f}%  (mean bytes per image; not measured)")
+    print(f"    single-file form (.ladd.zip)      {report.zip_bytes:>14,d} bytes")
+    print("  the paper's count (zipfile deflate; images uint8, hard labels float32):")
+    print(f"    images + hard labels              {report.paper_base_bytes:>14,d} bytes")
+    print(f"    + dense labels as float32         {report.paper_float32_bytes:>14,d} bytes  "
+          f"{report.paper_float32_percent:+.2f}%  (before compression {report.raw_float32_percent:+.2f}%)")
+    print(f"    + dense labels as stored          {report.paper_encoded_bytes:>14,d} bytes  "
+          f"{report.paper_encoded_percent:+.2f}%  (before compression {report.raw_encoded_percent:+.2f}%)")
     return 0
 
 
@@ -188,9 +199,11 @@ def register_cli(subparsers: Any) -> None:
     s.add_argument("source")
     s.add_argument("target")
     s.add_argument("--encoding", required=True, choices=NAMES)
-    s.add_argument("--k", type=int, default=5, help="topk: classes kept per crop")
+    s.add_argument("--k", type=positive_int, default=5, help="topk: classes kept per crop")
     s.add_argument("--rule", default="smoothing", choices=TOPK_RULES, help="topk: how the rest of the mass decodes")
-    s.add_argument("--compression", default="zstd", choices=["zstd", "gzip", "none"])
+    s.add_argument("--compression", default="zstd", choices=["zstd", "gzip", "none"],
+                   help="chunk codec of the new container, for every array: none stores the images "
+                        "uncompressed too")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_encode)
 

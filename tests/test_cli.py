@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 import ladd_format
 from ladd_format.cli import main as cli
 
@@ -19,15 +21,16 @@ def test_example_inspect_validate_pack(tmp_path, capsys):
     assert cli(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     for fragment in ("20 x 32x32x3 uint8", "classes     10, images per class: 2", "uniform_grid n=5 (25 crops)",
-                     "uint8 probs", "dense-label overhead", "synthetic-example"):
+                     "uint8 probs", "overhead    +", "every array's sha256 checked", "synthetic-example"):
         assert fragment in text
 
-    assert cli(["inspect", "--json", "--verify", str(path)]) == 0
+    assert cli(["inspect", "--json", str(path)]) == 0
     report = json.loads(capsys.readouterr().out)
     with ladd_format.open(path) as ds:
         stored = ds.stored_bytes()
     assert report["stored_bytes"] == stored
     assert report["ipc"] == 2 and report["num_images"] == 20 and report["sampler"]["n"] == 5
+    assert report["verified"] is True
     overhead = 100 * stored["dense_labels"] / (stored["images"] + stored["labels"])
     assert abs(report["dense_overhead_percent"] - overhead) < 1e-3
 
@@ -46,3 +49,30 @@ def test_console_entry_point(tmp_path):
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "ContainerNotFoundError" in bad.stderr
     usage = subprocess.run([*run, "inspect"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+def test_augment_with_a_torchscript_teacher_at_another_input_size(tmp_path, capsys):
+    torch = __import__("torch")
+    from ladd_format.models import build_model
+
+    example = tmp_path / "e.ladd"
+    assert cli(["example", str(example)]) == 0
+    script = tmp_path / "teacher.pt"
+    torch.jit.script(build_model("convnet", 3, 10, 48, width=8)).save(str(script))
+    out = tmp_path / "t.ladd"
+    argv = ["augment", str(out), "--torchscript", str(script), "--from", str(example), "--num-classes", "10",
+            "--input-size", "48", "--labeler-mean", "0.5,0.5,0.5", "--labeler-std", "0.2,0.2,0.2"]
+    assert cli(argv) == 0
+    with ladd_format.open(out) as ds, ladd_format.open(example) as src:
+        lab = ds.manifest.labeler
+        assert (lab.input_size, lab.weights, lab.epochs, ds.manifest.format_version) == \
+            ([48, 48], f"torchscript:{script.name}", None, "1.2")
+        assert ds.manifest.image.mean == src.manifest.image.mean  # the images' statistics are kept
+        assert np.array_equal(np.asarray(ds.images), np.asarray(src.images))
+    capsys.readouterr()
+    assert cli(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "not trained here" in text and "input 48x48" in text and "weights torchscript:teacher.pt" in text
+    assert cli([*argv[:-8], "--num-classes", "7", "--input-size", "48", "--labeler-mean", "0.5,0.5,0.5",
+                "--labeler-std", "0.2,0.2,0.2", "--overwrite"]) == 1
+    assert "7 classes" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def test_defaults_just_work(tmp_path):
         assert m.class_names == ["0", "1", "2", "3"]
         assert m.labeler.architecture == "unknown" and m.distillation.method == "unknown"
         assert m.distillation.ipc == 3 and ds.ipc == 3
-        assert m.format_version == ladd_format.FORMAT_VERSION
+        assert m.format_version == "1.1"  # uint8, the default encoding, is format 1.1
         assert (m.dense_labels.encoding, m.dense_labels.values) == ("uint8", "probs")
         flat = images.reshape(-1, 3) / 255
         assert np.allclose(m.image.mean, flat.mean(0)) and np.allclose(m.image.std, flat.std(0))

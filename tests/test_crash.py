@@ -30,12 +30,18 @@ CHILD = textwrap.dedent("""
     target, point, count, overwrite = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     calls = {"n": 0}
 
-    def die_on(n):
+    def die_on(n, sig=signal.SIGKILL):
         calls["n"] += 1
         if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sig)
 
-    if point == "store-set":
+    if point == "interrupt":  # Ctrl-C while zarr's loop thread is storing chunks
+        original_set = zarr.storage.LocalStore.set
+        async def set_(self, key, value, *a, **k):
+            die_on(count, signal.SIGINT)
+            return await original_set(self, key, value, *a, **k)
+        zarr.storage.LocalStore.set = set_
+    elif point == "store-set":
         original_set = zarr.storage.LocalStore.set
         async def set_(self, key, value, *a, **k):
             die_on(count)
@@ -108,6 +114,17 @@ def test_killed_overwrite_keeps_the_old_container(tmp_path, point, count):
         aside = [p for p in tmp_path.iterdir() if p.name.startswith(".c.ladd.old-")]
         assert len(aside) == 1
         assert _assert_absent_or_complete(aside[0], seed=0)
+
+
+@pytest.mark.parametrize("suffix", [".ladd", ".ladd.zip"])
+@pytest.mark.parametrize("count", [1, 4, 8])
+def test_interrupted_writer_cleans_its_staging(tmp_path, suffix, count):
+    target = tmp_path / f"c{suffix}"
+    result = _run(target, "interrupt", count)
+    assert result.returncode == -signal.SIGINT and "KeyboardInterrupt" in result.stderr, result.stderr
+    assert "Task was destroyed" not in result.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no hidden staging left
+    _assert_absent_or_complete(target, seed=0)  # complete only when the interrupt came after the commit
 
 
 @pytest.mark.parametrize("delay", [0.5, 1.0, 1.5, 2.0, 2.5])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -41,8 +42,25 @@ def test_folder_layout_and_labels_csv(tmp_path, container):
     for row in rows:
         with Image.open(out / row["file"]) as im:
             assert im.format == "PNG" and np.array_equal(np.asarray(im), images[int(row["index"])])
-    assert sorted(p.name for p in out.iterdir()) == ["000", "001", "002", "003", "classes.csv", "labels.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["000", "001", "002", "003", "classes.csv", "dense_labels.npy",
+                                                    "labels.csv", "manifest.json"]
     assert leftovers(tmp_path) == ["out", "src.ladd"]
+
+
+def test_folder_keeps_dense_labels_and_manifest(tmp_path, container, monkeypatch):
+    monkeypatch.setattr("ladd_format.export._PNG_BATCH", 5)  # dense labels are copied batch by batch
+    out = export(container, tmp_path / "out", format="folder")
+    dense = np.load(out / "dense_labels.npy", allow_pickle=False)
+    with ladd_format.open(container) as ds:
+        assert dense.dtype == np.float32 and dense.shape == (len(ds), ds.manifest.sampler.num_crops, 4)
+        assert np.array_equal(dense, np.asarray(ds.dense_labels))
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest == ds.manifest.to_json() and manifest["class_names"][0] == "T-shirt/top"
+    # The folder reads back: same images, labels and class names.
+    back = import_distilled("folder", out, tmp_path / "back.ladd")
+    with ladd_format.open(container) as a, ladd_format.open(back) as b:
+        assert np.array_equal(np.asarray(a.images), np.asarray(b.images))
+        assert np.array_equal(a.labels, b.labels) and a.class_names == b.class_names
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -64,11 +82,12 @@ def test_import_export_import_is_identity(tmp_path, channels):
         assert np.array_equal(a.labels, b.labels) and a.class_names == b.class_names
 
 
-def test_pt_holds_tensors_only_in_nchw(tmp_path, container):
+def test_pt_holds_tensors_and_class_names_loadable_without_pickle(tmp_path, container):
     out = export(container, tmp_path / "c.pt", format="pt")
     body = torch.load(out, weights_only=True)
     with ladd_format.open(container) as ds:
-        assert set(body) == {"images", "labels", "dense_labels", "mean", "std"}
+        assert set(body) == {"images", "labels", "dense_labels", "mean", "std", "class_names"}
+        assert body["class_names"] == ds.class_names == ["T-shirt/top", "b", "c", "d"]
         assert body["images"].dtype == torch.uint8
         assert np.array_equal(body["images"].numpy(), np.asarray(ds.images).transpose(0, 3, 1, 2))
         assert body["labels"].dtype == torch.int64 and np.array_equal(body["labels"].numpy(), ds.labels)
@@ -84,7 +103,8 @@ def test_normalized_export_matches_the_field(tmp_path, container):
         x = torch.from_numpy(np.asarray(ds.images)).permute(0, 3, 1, 2).float() / 255
         want = (x - torch.tensor(m.image.mean).view(1, -1, 1, 1)) / torch.tensor(m.image.std).view(1, -1, 1, 1)
     assert body["images"].dtype == torch.float32 and torch.allclose(body["images"], want, atol=1e-5)
-    with pytest.raises(InvalidInputError, match="normalized applies to pt and npz"):
+    with pytest.raises(InvalidInputError, match=r"normalized=True \(--normalized on the command line\) applies "
+                       "to pt and npz"):
         export(container, tmp_path / "f", format="folder", normalized=True)
 
 
@@ -102,6 +122,10 @@ def test_logit_containers_export_probabilities(tmp_path):
     path = ladd_format.write(tmp_path / "l.ladd", images, labels, logits, values="logits")
     with np.load(export(path, tmp_path / "l.npz", format="npz")) as z:
         assert np.allclose(z["dense_labels"], probs, atol=1e-6)
+    folder = export(path, tmp_path / "l", format="folder")
+    assert np.allclose(np.load(folder / "dense_labels.npy"), probs, atol=1e-6)
+    body = torch.load(export(path, tmp_path / "l.pt", format="pt"), weights_only=True)
+    assert np.allclose(body["dense_labels"].numpy(), probs, atol=1e-6) and body["class_names"] == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize("fmt, name", [("folder", "out"), ("pt", "out.pt"), ("npz", "out.npz")])

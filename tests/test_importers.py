@@ -18,6 +18,9 @@ from ladd_format.importers import (
     HARD_LABELS_PROVENANCE,
     NORMALIZATIONS,
     SOFT_LABELS_PROVENANCE,
+    ClippingError,
+    InputNotFoundError,
+    WhitenedImagesError,
     import_distilled,
     read_distilled,
 )
@@ -98,9 +101,13 @@ def test_explicit_files_and_cifar100_choice_is_explicit(tmp_path):
     assert np.array_equal(d.images, _nhwc(u8)) and len(d.class_names) == 100
     assert d.distillation["source_dataset"] == "cifar100" and d.distillation["method"] == "GLaD"
     # The DC statistics give other pixels: the user has to say which ones the file used.
+    # They are close, so the clipping rule cannot catch them: a quarter clipped, but by little.
     other = read_distilled("glad", tmp_path / "images_5000.pt", labels=tmp_path / "labels_5000.pt",
                            normalization="cifar100")
     assert not np.array_equal(other.images, d.images)
+    details = other.distillation["details"]
+    assert details["clipped_fraction"] > 0.2 and details["clipped_far_fraction"] < 0.1
+    assert "clipping_allowed" not in details
     # MTT's un-whitened copy of ZCA runs pairs with the plain labels file.
     (tmp_path / "images_5000.pt").rename(tmp_path / "images_zca_5000.pt")
     zca_copy = read_distilled("mtt", tmp_path / "images_zca_5000.pt", normalization="cifar100-mtt")
@@ -108,7 +115,7 @@ def test_explicit_files_and_cifar100_choice_is_explicit(tmp_path):
 
 
 def test_explicit_mean_std_and_clipping_are_recorded(tmp_path):
-    u8 = _uint8(2, c=1, size=6)
+    u8 = _uint8(2, c=1, size=15)  # 2 clipped of 450 values: under the 1% rule
     x = _normalise(u8, ((0.5,), (0.25,)))
     x[0, 0, 0, :3] = torch.tensor([-9.0, 9.0, 2.0])  # below 0, above 255, and exactly 255
     src = _mtt_folder(tmp_path / "m", x, torch.tensor([0, 1]))
@@ -207,24 +214,135 @@ def test_any_class_folder_with_png_is_exact(tmp_path):
     assert d.class_names == ["a", "b"] and d.mean is None
 
 
-def test_zca_needs_an_inverse_and_undoes_kornia_whitening(tmp_path):
-    u8 = _uint8(3, size=6)
-    x = _normalise(u8, CIFAR10).double().reshape(3, -1)
-    q, _ = torch.linalg.qr(torch.randn(108, 108, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+def _whiten(u8: np.ndarray, inverse: Path, seed: int = 0) -> torch.Tensor:
+    """Normalise then ZCA-whiten like kornia's linear_transform; save the inverse kornia keeps."""
+    m = len(u8)
+    x = _normalise(u8, CIFAR10).double().reshape(m, -1)
+    dim = x.shape[1]
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
     transform = q * 3.0
     mean_vector = x.mean(0, keepdim=True)
-    z = ((x - mean_vector) @ transform).float().reshape(3, 3, 6, 6)  # kornia's linear_transform
+    torch.save({"transform_inv": torch.linalg.inv(transform).float(), "mean_vector": mean_vector.float()}, inverse)
+    return ((x - mean_vector) @ transform).float().reshape(u8.shape)
+
+
+def test_zca_needs_an_inverse_and_undoes_kornia_whitening(tmp_path):
+    u8 = _uint8(3, size=6)
+    z = _whiten(u8, tmp_path / "zca.pt")
     src = _mtt_folder(tmp_path / "z", z, torch.tensor([0, 1, 2]))
-    with pytest.raises(InvalidInputError, match="ZCA-whitened.*images_zca_"):
+    with pytest.raises(WhitenedImagesError, match=r"ZCA-whitened.*--zca-inverse.*images_zca_"):
         read_distilled("mtt", src, normalization="cifar10", zca=True)
-    torch.save({"transform_inv": torch.linalg.inv(transform).float(), "mean_vector": mean_vector.float()},
-               tmp_path / "zca.pt")
     d = read_distilled("mtt", src, normalization="cifar10", zca=True, zca_inverse=tmp_path / "zca.pt")
     assert np.array_equal(d.images, _nhwc(u8))
     assert d.distillation["details"]["zca"]["unwhitened_with"] == "zca.pt"
     torch.save({"transform_inv": torch.eye(5), "mean_vector": torch.zeros(5)}, tmp_path / "bad.pt")
     with pytest.raises(InvalidInputError, match=r"need \[108, 108\]"):
         read_distilled("mtt", src, normalization="cifar10", zca=True, zca_inverse=tmp_path / "bad.pt")
+
+
+def _zca_run(root: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """An MTT run with --zca: whitened images_<it>.pt / images_best.pt (= iteration 2000) beside
+    the un-whitened images_zca_<it>.pt, as MTT's distill.py saves them. Returns the folder and the
+    uint8 pixels of iterations 1000 and 2000."""
+    root.mkdir()
+    labels = torch.tensor([0, 1, 2])
+    pixels = []
+    for seed, it in enumerate((1000, 2000)):
+        u8 = _uint8(3, size=6, seed=seed)
+        torch.save(_whiten(u8, root.parent / "zca_inverse.pt"), root / f"images_{it}.pt")
+        torch.save(_normalise(u8, CIFAR10), root / f"images_zca_{it}.pt")
+        torch.save(labels, root / f"labels_{it}.pt")
+        pixels.append(u8)
+    torch.save(torch.load(root / "images_2000.pt"), root / "images_best.pt")
+    torch.save(labels, root / "labels_best.pt")
+    return root, pixels[0], pixels[1]
+
+
+def test_zca_run_folder_refuses_whitened_tensors_until_the_user_chooses(tmp_path):
+    run, u8_1000, u8_2000 = _zca_run(tmp_path / "run")
+    inverse = tmp_path / "zca_inverse.pt"
+    both_ways = (r"un-whiten them with zca_inverse= \(--zca-inverse FILE.pt on the command line.*"
+                 r"or import MTT's un-whitened copy ")
+    # The run folder's images_best.pt: its copy is found by matching images_2000.pt.
+    for zca in (False, True):
+        with pytest.raises(WhitenedImagesError, match=r"holds images_zca_1000.pt, images_zca_2000.pt, which "
+                           r"MTT-family code writes only when it ran with ZCA whitening, so images_best.pt holds "
+                           r"ZCA-whitened tensors. Choose: " + both_ways + r"images_zca_2000.pt as the source"):
+            import_distilled("mtt", run, tmp_path / "out.ladd", normalization="cifar10", zca=zca)
+    with pytest.raises(WhitenedImagesError, match=both_ways + r"images_zca_1000.pt as the source"):
+        read_distilled("tesla", run / "images_1000.pt", normalization="cifar10")
+    assert not (tmp_path / "out.ladd").exists()
+    # Way out 1: un-whiten with the inverse.
+    d = read_distilled("mtt", run, normalization="cifar10", zca_inverse=inverse)
+    assert np.array_equal(d.images, _nhwc(u8_2000)) and d.distillation["details"]["zca"]["unwhitened_with"] == \
+        "zca_inverse.pt"
+    # Way out 2: the un-whitened copy itself, which pairs with labels_<it>.pt and must not be un-whitened again.
+    out = import_distilled("mtt", run / "images_zca_1000.pt", tmp_path / "out.ladd", normalization="cifar10")
+    with ladd_format.open(out) as ds:
+        assert np.array_equal(np.asarray(ds.images), _nhwc(u8_1000))
+        assert set(ds.manifest.distillation.details["imported_from"]["files"]) == {"images_zca_1000.pt",
+                                                                                   "labels_1000.pt"}
+    for kwargs in ({"zca": True}, {"zca_inverse": inverse}):
+        with pytest.raises(InvalidInputError, match="images_zca_1000.pt is MTT's un-whitened copy"):
+            read_distilled("mtt", run / "images_zca_1000.pt", normalization="cifar10", **kwargs)
+
+
+def test_zca_copy_unknown_when_no_iteration_matches(tmp_path):
+    run, _, _ = _zca_run(tmp_path / "run")
+    (run / "images_2000.pt").unlink()
+    with pytest.raises(WhitenedImagesError, match=r"import MTT's un-whitened copy images_zca_<it>.pt as the source"):
+        read_distilled("mtt", run, normalization="cifar10")
+
+
+def test_wrong_statistics_are_refused_by_the_clipping_rule(tmp_path):
+    u8 = _uint8(4, size=16)
+    src = _mtt_folder(tmp_path / "m", _normalise(u8, NORMALIZATIONS["imagenet"]), torch.tensor([0, 1, 2, 3]))
+    assert read_distilled("mtt", src, normalization="imagenet").clipped == 0
+    # MNIST-like statistics on a 3-channel run: every channel shifted and stretched, a quarter far out.
+    wrong = ([0.1307] * 3, [0.3081] * 3)
+    with pytest.raises(ClippingError, match=r"explicit statistics \(mean \[0.1307, 0.1307, 0.1307\], std "
+                       r"\[0.3081, 0.3081, 0.3081\]\) clips \d+\.\d% of the values \(\d+ of 3072\) to 0..255, "
+                       r"2\d\.\d% by more than 32 levels; more than 10% .*allow_clipping=True \(--allow-clipping\)"):
+        import_distilled("mtt", src, tmp_path / "c.ladd", normalization=wrong)
+    assert not (tmp_path / "c.ladd").exists()
+    out = import_distilled("mtt", src, tmp_path / "c.ladd", normalization=wrong, allow_clipping=True)
+    with ladd_format.open(out) as ds:
+        details = ds.manifest.distillation.details
+        assert details["clipping_allowed"] is True and details["clipped_far_fraction"] > 0.2
+        assert details["clipped_fraction"] == pytest.approx(details["clipped_values"] / 3072)
+
+
+@pytest.mark.parametrize("levels, share, refused", [(-32, 0.5, False), (287, 0.5, False), (-33, 0.09, False),
+                                                     (-33, 0.11, True), (300, 0.11, True)])
+def test_clipping_rule_counts_values_far_outside(tmp_path, levels, share, refused):
+    """Distilled pixels overshoot: many a little is fine, more than 10% beyond 32 levels is not."""
+    u8 = _uint8(1, c=1, size=10)
+    x = _normalise(u8, ((0.5,), (0.25,)))
+    x.view(-1)[:round(share * 100)] = (levels / 255 - 0.5) / 0.25
+    src = _mtt_folder(tmp_path / "m", x, torch.tensor([0]))
+    if refused:
+        with pytest.raises(ClippingError, match=rf"clips {100 * share:.1f}% .* {100 * share:.1f}% by more than 32"):
+            read_distilled("mtt", src, normalization=([0.5], [0.25]))
+    else:
+        d = read_distilled("mtt", src, normalization=([0.5], [0.25]))
+        assert d.clipped == round(share * 100) and d.distillation["details"]["clipped_fraction"] == share
+
+
+def test_missing_source_says_so(tmp_path):
+    for kind in ("mtt", "dm", "folder"):
+        with pytest.raises(InputNotFoundError, match=r"nonexistent: no such file or folder"):
+            read_distilled(kind, tmp_path / "nonexistent", normalization="cifar10")
+    with pytest.raises(FileNotFoundError):  # InputNotFoundError is a FileNotFoundError too
+        read_distilled("mtt", tmp_path / "nonexistent", normalization="cifar10")
+    (tmp_path / "run").mkdir()
+    torch.save(torch.zeros(1), tmp_path / "run" / "images_7.pt")
+    with pytest.raises(InputNotFoundError, match=r"no images_best.pt in this folder; give the images file as the "
+                       r"source \(it holds images_7.pt\)"):
+        read_distilled("mtt", tmp_path / "run", normalization="cifar10")
+    torch.save(torch.zeros(1), tmp_path / "run" / "syn.pt")
+    with pytest.raises(InvalidInputError, match=r"cannot tell the labels file.*pass labels= \(--labels on the "
+                       r"command line\)"):
+        read_distilled("mtt", tmp_path / "run" / "syn.pt", normalization="cifar10")
 
 
 def _custom_pickle(path: Path) -> None:
@@ -241,7 +359,7 @@ def _plain_pickle(path: Path) -> None:
     ("count_mismatch", "M = 4 images"),
     ("nan", "non-finite value at"),
     ("unknown_normalization", "unknown normalisation 'cifar11'"),
-    ("no_normalization", "name the normalisation"),
+    ("no_normalization", r"pass normalization= with a name .*--normalization NAME or --mean/--std"),
     ("channel_mismatch", "'mnist' has 1 channels, the images have 3"),
     ("custom_class", "needs arbitrary unpickling.*_Custom.*not executed"),
     ("plain_pickle", "needs arbitrary unpickling.*not executed"),
@@ -300,7 +418,8 @@ def test_malformed_result_file_and_folder(tmp_path):
         read_distilled("folder", tmp_path / "imgs")
     with pytest.raises(InvalidInputError, match="unknown import kind"):
         read_distilled("mtt2", tmp_path)
-    with pytest.raises(InvalidInputError, match="experiment applies to res_"):
+    with pytest.raises(InvalidInputError, match=r"experiment= \(--experiment on the command line\) does not "
+                       "apply to mtt; it is for dc, dsa, dm"):
         read_distilled("mtt", tmp_path, normalization="cifar10", experiment=1)
     (tmp_path / "outside.png").write_bytes(b"")
     for row, match in [("0,../outside.png,0,a", "is not a file inside"), ("0,x.png,cat,a", "not an integer >= 0")]:
@@ -355,3 +474,84 @@ def test_cli_import_explicit_stats_and_errors(tmp_path, capsys):
     assert _cli(["import", "mtt", str(src), str(tmp_path / "c.ladd"), "--mean", "0.5", "--std", "0.5"]) == 1
     err = capsys.readouterr().err
     assert "ContainerExistsError" in err
+
+
+# -- bad command lines ----------------------------------------------------------------------
+
+
+def _cli_fixtures(root: Path) -> None:
+    """What the bad command lines below point at: an MTT run, a ZCA run, a DM file, a container."""
+    _mtt_folder(root / "mtt", _normalise(_uint8(4), CIFAR10), torch.tensor([0, 1, 2, 3]))
+    _zca_run(root / "zca")
+    torch.save({"data": [[_normalise(_uint8(2), CIFAR10), torch.tensor([0, 1])]]}, root / "res_DM.pt")
+    ladd_format.testing.write_example(root / "c.ladd", num_classes=3, ipc=2, size=8)
+    (root / "taken").mkdir()
+    (root / "taken" / "mine.txt").write_text("keep")
+    (root / "syn.pt").write_bytes(b"")
+
+
+_MTT = ["import", "mtt", "{t}/mtt", "{out}"]
+BAD_COMMAND_LINES = [
+    # (id, argv, exit code, a word the one stderr line must hold)
+    ("src-missing", ["import", "mtt", "{t}/nonexistent", "{out}", "--normalization", "cifar10"], 1,
+     "nonexistent: no such file or folder"),
+    ("kind-unknown", ["import", "mtt2", "{t}/mtt", "{out}"], 2, "invalid choice: 'mtt2'"),
+    ("no-statistics", _MTT, 1, "--normalization NAME or --mean/--std"),
+    ("normalization-unknown", [*_MTT, "--normalization", "cifar11"], 1, "unknown normalisation 'cifar11'"),
+    ("mean-without-std", [*_MTT, "--mean", "0.5,0.5,0.5"], 1, "--mean and --std go together"),
+    ("mean-and-normalization", [*_MTT, "--mean", "0.5", "--std", "0.5", "--normalization", "cifar10"], 1,
+     "not both"),
+    ("mean-not-numbers", [*_MTT, "--mean", "a,b", "--std", "1,1"], 2, "expected a finite number, got 'a'"),
+    ("mean-nan", [*_MTT, "--mean", "nan,0.5,0.5", "--std", "1,1,1"], 2, "expected a finite number, got 'nan'"),
+    ("std-negative", [*_MTT, "--mean", "0.5,0.5,0.5", "--std=-0.2,0.2,0.2"], 2, "expected a number > 0"),
+    ("std-zero", [*_MTT, "--mean", "0.5,0.5,0.5", "--std", "0.2,0,0.2"], 2, "expected a number > 0, got 0"),
+    ("channels-wrong", [*_MTT, "--mean", "0.5", "--std", "0.5"], 1, "has 1 channels, the images have 3"),
+    ("experiment-negative", ["import", "dm", "{t}/res_DM.pt", "{out}", "--normalization", "cifar10",
+                             "--experiment", "-1"], 2, "expected an integer >= 0, got -1"),
+    ("experiment-out-of-range", ["import", "dm", "{t}/res_DM.pt", "{out}", "--normalization", "cifar10",
+                                 "--experiment", "1"], 1, "experiment 1 out of range"),
+    ("experiment-for-mtt", [*_MTT, "--normalization", "cifar10", "--experiment", "1"], 1, "does not apply to mtt"),
+    ("labels-for-dm", ["import", "dm", "{t}/res_DM.pt", "{out}", "--normalization", "cifar10", "--labels",
+                       "{t}/mtt/labels_best.pt"], 1, "labels= (--labels on the command line) does not apply"),
+    ("labels-unguessable", ["import", "mtt", "{t}/syn.pt", "{out}", "--normalization", "cifar10"], 1,
+     "pass labels= (--labels on the command line)"),
+    ("out-exists", ["import", "mtt", "{t}/mtt", "{t}/taken", "--normalization", "cifar10"], 1,
+     "ContainerExistsError"),
+    ("zca-folder-no-choice", ["import", "mtt", "{t}/zca", "{out}", "--normalization", "cifar10"], 1,
+     "WhitenedImagesError"),
+    ("zca-flag-no-inverse", ["import", "mtt", "{t}/zca", "{out}", "--normalization", "cifar10", "--zca"], 1,
+     "--zca-inverse FILE.pt"),
+    ("zca-inverse-missing", ["import", "mtt", "{t}/zca", "{out}", "--normalization", "cifar10", "--zca-inverse",
+                             "{t}/nope.pt"], 1, "nope.pt: no such file"),
+    ("zca-copy-with-inverse", ["import", "mtt", "{t}/zca/images_zca_1000.pt", "{out}", "--normalization", "cifar10",
+                               "--zca-inverse", "{t}/zca_inverse.pt"], 1, "un-whitened copy"),
+    ("clipping", [*_MTT, "--mean", "0.9,0.9,0.9", "--std", "0.5,0.5,0.5"], 1, "--allow-clipping"),
+    ("zca-for-folders", ["import", "folder", "{t}/taken", "{out}", "--zca"], 1, "does not apply to folder"),
+    ("folder-is-a-file", ["import", "sre2l", "{t}/syn.pt", "{out}"], 1, "not a folder"),
+    ("n-zero", [*_MTT, "--normalization", "cifar10", "--n", "0"], 2, "expected an integer >= 1, got 0"),
+    ("export-format-unknown", ["export", "{t}/c.ladd", "{out}", "--format", "tar"], 2, "invalid choice: 'tar'"),
+    ("export-format-missing", ["export", "{t}/c.ladd", "{out}"], 2, "--format"),
+    ("export-container-missing", ["export", "{t}/missing.ladd", "{out}", "--format", "npz"], 1, "missing.ladd"),
+    ("export-out-exists", ["export", "{t}/c.ladd", "{t}/taken", "--format", "folder"], 1, "--overwrite"),
+    ("export-normalized-folder", ["export", "{t}/c.ladd", "{out}", "--format", "folder", "--normalized"], 1,
+     "--normalized on the command line"),
+]
+
+
+@pytest.mark.parametrize("argv, code, says", [case[1:] for case in BAD_COMMAND_LINES],
+                         ids=[case[0] for case in BAD_COMMAND_LINES])
+def test_bad_command_lines_fail_in_one_line_and_write_nothing(tmp_path, capsys, argv, code, says):
+    _cli_fixtures(tmp_path)
+    before = leftovers(tmp_path)
+    out = tmp_path / "out"
+    try:
+        got = _cli([a.format(t=tmp_path, out=out) for a in argv])
+    except SystemExit as exc:  # argparse's usage errors
+        got = exc.code
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert got == code and len(lines) == 1 and lines[0].strip(), captured.err
+    assert says in lines[0] and "Traceback" not in captured.err and captured.out == ""
+    assert lines[0].startswith(f"ladd {argv[0]}: ")
+    assert not out.exists() and leftovers(tmp_path) == before
+    assert leftovers(tmp_path / "taken") == ["mine.txt"]

@@ -18,7 +18,7 @@ import ladd_format
 from ladd_format import sources
 from ladd_format.cli import main as cli
 from ladd_format.demo import DemoSettings, format_table, run_demo
-from ladd_format.labeler import augment, label_crops, load_labeler, train_labeler
+from ladd_format.labeler import augment, label_batches, label_crops, load_labeler, train_labeler
 from ladd_format.sampler import UniformSampler
 from ladd_format.show import render
 from ladd_format.train import MODES, cross_architecture, evaluate, ladd_loss, train
@@ -102,8 +102,10 @@ def test_label_crops_is_algorithm_1(labeler, source):
     expected = torch.softmax(lab.logits(crops) / 2.0, -1).numpy()
     assert np.allclose(dense[1, 7], expected[0], atol=1e-5)
     assert np.array_equal(dense, label_crops(images, lab, temperature=2.0, progress=False))
-    with pytest.raises(ladd_format.InvalidInputError, match="expects"):
+    with pytest.raises(ladd_format.InvalidInputError, match="channel"):
         label_crops(np.zeros((1, 32, 32, 3), np.uint8), lab, progress=False)
+    parts = [d for _, d in label_batches(images, lab, temperature=2.0, batch_size=25, progress=False)]
+    assert len(parts) == 3 and np.array_equal(np.concatenate(parts), dense)  # one image per pass
 
 
 def test_end_to_end_training_lowers_the_loss(labeler, source, tmp_path):
@@ -137,8 +139,8 @@ def test_training_is_reproducible(labeler, source, tmp_path):
 
 
 def test_demo_runs_and_its_container_validates(source, tmp_path):
-    settings = DemoSettings.reduced(ipc=2, labeler_width=8, labeler_epochs=1, labeler_images=200,
-                                    model_width=8, epochs=2)
+    settings = DemoSettings.from_preset("cpu", ipc=2, labeler={"width": 8, "epochs": 1, "train_images": 200},
+                                        train={"width": 8, "epochs": 2})
     report = run_demo(tmp_path / "demo", settings, source=source, progress=False)
     assert [r["method"] for r in report["rows"]] == ["baseline", "baseline++", "LADD"]
     assert [r["ipc"] for r in report["rows"]] == [2, 3, 2]
@@ -177,17 +179,17 @@ def test_cli_pipeline(tmp_path, capsys):
                         "t10k-labels-idx1-ubyte": np.arange(20) % 10}.items():
         header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
         (folder / stem).write_bytes(header + array.astype(np.uint8).tobytes())
-    assert cli(["train-labeler", "--source", str(folder), "--out", str(tmp_path / "lab"), "--epochs", "1",
+    assert cli(["train-labeler", "--source", str(folder), "--source-name", "fake-idx", "--out", str(tmp_path / "lab"), "--epochs", "1",
                 "--width", "8"]) == 0
     out = tmp_path / "a.ladd"
-    assert cli(["augment", str(tmp_path / "lab" / "epoch_01.pt"), str(out), "--random-real", str(folder),
+    assert cli(["augment", str(tmp_path / "lab" / "epoch_01.pt"), str(out), "--random-real", str(folder), "--source-name", "fake-idx",
                 "--ipc", "2", "--encoding", "float16"]) == 0
     assert cli(["augment", str(tmp_path / "lab" / "epoch_01.pt"), str(tmp_path / "b.ladd"),
                 "--from", str(out), "--temperature", "3"]) == 0
     with ladd_format.open(tmp_path / "b.ladd") as ds:
         assert ds.manifest.dense_labels.temperature == 3 and ds.manifest.distillation.ipc == 2
     capsys.readouterr()
-    assert cli(["train", str(out), "--test-source", str(folder), "--epochs", "2", "--width", "8",
+    assert cli(["train", str(out), "--test-source", str(folder), "--source-name", "fake-idx", "--epochs", "2", "--width", "8",
                 "--model", "convnet,alexnet", "--seeds", "2", "--ipc", "1", "--crops", "3"]) == 0
     text = capsys.readouterr().out
     assert "convnet" in text and "alexnet" in text and "+/-" in text

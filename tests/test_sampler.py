@@ -283,6 +283,105 @@ def test_random_sizes_match_reference(h, w, n, ratio, channels, seed):
         np.testing.assert_allclose(out, ref, rtol=0, atol=255 * 1e-5)
 
 
+# -- output size (a labeler's input size) -----------------------------------------------------
+
+def _reference_sized(image, n, ratio, size):
+    """float64 [n*n, C, H_out, W_out]: SPEC 6.2's integer form with L the output side,
+    the crop boxes from make_crops (spec formulas); written here, not shared with the library."""
+    x = np.asarray(image, dtype=np.float64)
+    _, h, w = x.shape
+
+    def matrix(out, c):
+        m = np.zeros((out, c))
+        for d in range(out):
+            q = max((2 * d + 1) * c - out, 0)
+            i0 = q // (2 * out)
+            f = (q - 2 * out * i0) / (2 * out)
+            m[d, i0] += 1 - f
+            m[d, min(i0 + 1, c - 1)] += f
+        return m
+
+    crops = []
+    for top, left, ch, cw in make_crops.reference_boxes(h, w, n, ratio):
+        patch = x[:, top:top + ch, left:left + cw]
+        crops.append(matrix(size[0], ch) @ patch @ matrix(size[1], cw).T)
+    return np.stack(crops)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("h, w, c, n, ratio, size", [
+    (32, 32, 3, 5, 0.625, (224, 224)),   # a 224 px teacher on 32 px images: crop 20 -> 224
+    (64, 64, 3, 5, 0.625, (56, 56)),     # smaller than the image, still enlarging the 40 px crop
+    (128, 128, 3, 5, 0.625, (56, 56)),   # shrinking the 80 px crop: plain bilinear, no averaging
+    (28, 28, 1, 5, 0.625, (32, 32)),
+    (32, 32, 3, 5, 0.625, (224, 160)),   # non-square output
+    (37, 53, 3, 4, 0.55, (20, 90)),      # non-square both: shrinks height, enlarges width
+    (9, 7, 1, 1, 0.7, (3, 11)),
+    (20, 20, 3, 2, 0.5, (1, 1)),
+])
+def test_sized_crops_match_float64_reference(device, path, h, w, c, n, ratio, size):
+    images = _images((2, c, h, w), seed=h + w)
+    ref = np.stack([_reference_sized(im, n, ratio, size) for im in images])
+    s = UniformSampler(n, ratio)
+    x = torch.from_numpy(images).to(device)
+    out = s.crops(x, size=size, path=path)
+    assert out.shape == (2, n * n, c, *size) and out.dtype == torch.float32
+    assert out.device.type == device and out.is_contiguous()
+    np.testing.assert_allclose(out.cpu().double().numpy() / 255, ref / 255, rtol=0, atol=1e-5)
+    crop_major = s.crops(x, size=size, path=path, order="crop", flatten=True)
+    assert crop_major.shape == (n * n * 2, c, *size)
+    torch.testing.assert_close(crop_major.view(n * n, 2, c, *size).transpose(0, 1), out,
+                               rtol=0, atol=1e-3)
+
+
+def test_sized_crops_float_input_and_float64():
+    rng = np.random.default_rng(8)
+    images = ((rng.random((2, 3, 40, 24)) - 0.4) / 0.2).astype(np.float32)
+    ref = np.stack([_reference_sized(im, 5, 0.625, (64, 48)) for im in images])
+    for path in PATHS:
+        out = UniformSampler().crops(torch.from_numpy(images), size=(64, 48), path=path)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5)
+    out64 = UniformSampler().crops(torch.from_numpy(images), size=(64, 48), dtype=torch.float64)
+    np.testing.assert_allclose(out64.numpy(), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", [(3, 3, 32, 32), (2, 1, 28, 36), (2, 3, 37, 53)])
+def test_size_none_is_the_image_size(path, shape):
+    images = torch.from_numpy(_images(shape, seed=4))
+    s = UniformSampler()
+    default = s.crops(images, path=path)
+    assert torch.equal(default, s.crops(images, size=shape[2:], path=path))
+    assert torch.equal(default, s.crops(images, size=np.array(shape[2:]), path=path))
+    picks = s.crops_at(images, [1, 0], [3, 3], path=path)
+    assert torch.equal(picks, s.crops_at(images, [1, 0], [3, 3], size=shape[2:], path=path))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("size", [(224, 224), (56, 40), (17, 9)])
+def test_crops_at_with_size_matches_grid(path, size):
+    s = UniformSampler()
+    images = torch.from_numpy(_images((5, 3, 64, 64), seed=6))
+    grid = s.crops(images, size=size, path=path)
+    img = [4, 0, 0, 2, 4, 1, 3, 3]
+    crop = [24, 0, 24, 7, 3, 12, 12, 0]
+    picked = s.crops_at(images, img, crop, size=size, path=path)
+    assert picked.shape == (8, 3, *size)
+    torch.testing.assert_close(picked, grid[img, crop], rtol=0, atol=1e-3)
+    assert s.crops_at(images, [], [], size=size).shape == (0, 3, *size)
+
+
+@pytest.mark.parametrize("size", [(0, 5), (5, -1), (3,), (1, 2, 3), "ab", 32, (2.5, 3), (True, 3),
+                                  ("8", 8)])
+def test_bad_size(size):
+    images = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(InvalidInputError, match="size must"):
+        UniformSampler().crops(images, size=size)
+    with pytest.raises(InvalidInputError, match="size must"):
+        UniformSampler().crops_at(images, [0], [0], size=size)
+
+
 # -- golden vectors -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in VECTORS.glob("*.npz")))

@@ -1,4 +1,4 @@
-"""Generates the frozen container vectors (v1.0/, v1.1/). Run once; never regenerate silently.
+"""Generates the frozen container vectors (v1.0/, v1.1/, v1.2/). Run once; never regenerate silently.
 
     python spec/vectors/make_vectors.py
 
@@ -86,6 +86,22 @@ def _vectors_v11() -> dict[str, dict]:
     }
 
 
+def _vectors_v12() -> dict[str, dict]:
+    """A container whose labeler uses the members added in format 1.2."""
+    rng = np.random.default_rng(20261128)
+    return {
+        "teacher_uint8.ladd": dict(
+            images=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), labels=np.array([0, 1, 2, 0]),
+            dense_labels=_probs(rng, (4, 9, 3)),
+            kwargs=dict(encoding="uint8", compression="zstd", sampler={"n": 3}, mean=[0.5, 0.5, 0.5],
+                        std=[0.25, 0.25, 0.25],
+                        labeler={"architecture": "torchvision:resnet18", "epochs": None,
+                                 "source_dataset": "imagenet", "checkpoint_sha256": "cd" * 32,
+                                 "input_size": [24, 16], "mean": [0.485, 0.456, 0.406],
+                                 "std": [0.229, 0.224, 0.225], "weights": "file:resnet18-f37072fd.pth"})),
+    }
+
+
 def _write_vector(folder: Path, name: str, v: dict) -> None:
     target = folder / name
     ladd_format.write(target, v["images"], v["labels"], v["dense_labels"], **v["kwargs"])
@@ -110,7 +126,7 @@ def _write_sums(folder: Path) -> None:
 
 
 def main() -> int:
-    for version, vectors in (("v1.0", _vectors()), ("v1.1", _vectors_v11())):
+    for version, vectors in (("v1.0", _vectors()), ("v1.1", _vectors_v11()), ("v1.2", _vectors_v12())):
         folder = ROOT / version
         folder.mkdir(parents=True, exist_ok=True)
         for name, v in vectors.items():

@@ -1,0 +1,912 @@
+"""Scale: ImageNet-shaped containers (K = 1,000) as the number of images M grows.
+
+    python benchmarks/scale.py                 # M = 1,000 / 4,000 / 16,000 at 64 and 128 px (about 10 min, 2 cores)
+    python benchmarks/scale.py --quick         # a smoke run in seconds (M = 16 / 48 at 32 px)
+    python benchmarks/scale.py --full --device cuda   # the issue's sizes: M up to 50,000, 64 / 128 / 224 px
+
+Synthetic data: random pixels and peaked random probabilities (per crop a random row scaled to
+1 - p plus a peak p ~ U(0.5, 0.95) on one class, the image's class for 70% of the crops),
+generated and written batch by batch with ``ladd_format.Writer``. For each image size, M and
+encoding (float32, float16, uint8, uint16, topk k=5 smoothing) it measures, each in a fresh
+process so that its peak RSS (Linux VmHWM, not ru_maxrss) is its own:
+
+- write: seconds, MB/s of the stored and of the logical bytes, peak RSS; against np.save +
+  fsync + sha256 of the same stored arrays, streamed in the same blocks;
+- read: ``open(verify=False)`` + the images + the stored dense arrays, ``open(verify=True)``,
+  the decode to float32 (``np.asarray(ds.dense_labels)``), against ``np.load`` of those .npy
+  files (page cache warm on both sides: the files were just written);
+- ``DeviceLoader``: start-up seconds, bytes held (``loader.memory()``, host and device) and the
+  peak RSS growth of a fresh process that opens, loads and renders one batch, against the
+  stored images and dense arrays;
+- labeling: ``label_batches`` and ``augment`` crops/s with the zoo ConvNet and a ResNet-18
+  (torchvision's when importable, else the zoo's ``build_model("resnet18")``) against the bare
+  ``model(x)`` forward on the same pre-cut crops at the same batch size; and the peak RSS of
+  ``augment`` (labeling + writing) at every M, with a cheap pool+linear stand-in labeler so
+  that the pipeline, not the network's arithmetic, sets the time, plus the zoo ConvNet at the
+  library's default crops per pass.
+
+Then how each figure grows with M (ratios between consecutive M) and the goals, met or not
+with the measured ratio. The tables are printed and written to ``--out``
+(benchmarks/results/scale.md). The run waits (up to ``--wait`` s) for the 1-minute load average
+to fall below 1.0 first, and records the load and other processes' CPU use before each case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import ladd_format  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CROPS = 25  # N = 5
+GiB, MiB = 1 << 30, 1 << 20
+ENCODINGS = {"float32": None, "float16": None, "uint8": None, "uint16": None,
+             "topk": {"k": 5, "rule": "smoothing"}}
+
+# ------------------------------------------------------------------------------------------
+# helpers shared by the parent and the workers
+
+
+def _status(key: str) -> int:
+    """A /proc/self/status field in bytes (VmHWM: this process's peak resident set)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _batches(m: int, size: int, k: int, batch: int, seed: int = 0):
+    """Seeded (images uint8 [b, s, s, 3], labels [b], peaked probabilities float32 [b, 25, k])."""
+    for start in range(0, m, batch):
+        b = min(batch, m - start)
+        rng = np.random.default_rng([seed, start])
+        images = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
+        labels = rng.integers(0, k, b)
+        dense = rng.random((b, CROPS, k), dtype=np.float32)
+        peak = rng.uniform(0.5, 0.95, (b, CROPS, 1)).astype(np.float32)
+        dense *= (1 - peak) / dense.sum(-1, keepdims=True)
+        cls = np.where(rng.random((b, CROPS)) < 0.7, labels[:, None], rng.integers(0, k, (b, CROPS)))[..., None]
+        np.put_along_axis(dense, cls, np.take_along_axis(dense, cls, -1) + peak, -1)
+        yield images, labels, dense
+
+
+def _stored_specs(m: int, size: int, k: int, encoding: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The arrays a container stores (name -> dtype, shape), from the library's own encodings."""
+    from ladd_format._encodings import resolve_encoding, uint_dtype
+
+    enc = resolve_encoding(encoding, ENCODINGS[encoding], k, "probs")
+    return {"images": ("uint8", (m, size, size, 3)), "labels": (str(uint_dtype(k - 1)), (m,)),
+            **enc.stored_specs(m, CROPS, k)}
+
+
+def _nbytes(spec: tuple[str, tuple[int, ...]]) -> int:
+    return np.dtype(spec[0]).itemsize * int(np.prod(spec[1], dtype=np.int64))
+
+
+def _dense_bytes(specs) -> int:
+    return sum(_nbytes(s) for name, s in specs.items() if name not in ("images", "labels"))
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------
+# workers: each runs in a fresh process and returns a dict of figures
+
+
+def work_write(spec: dict) -> dict:
+    """Write a container batch by batch; then the np.save + fsync + sha256 baseline."""
+    path, m, size, k, enc = Path(spec["path"]), spec["m"], spec["size"], spec["k"], spec["encoding"]
+    rss_start = _status("VmRSS")
+    t_gen = t_write = t_close = 0.0
+    start = time.perf_counter()
+    w = ladd_format.Writer(path, num_images=m, image_shape=(size, size, 3), num_classes=k, encoding=enc,
+                           encoding_params=ENCODINGS[enc], mean=MEAN, std=STD)
+    t_write += time.perf_counter() - start
+    gen = _batches(m, size, k, spec["batch"])
+    while True:
+        start = time.perf_counter()
+        item = next(gen, None)
+        t_gen += time.perf_counter() - start
+        if item is None:
+            break
+        start = time.perf_counter()
+        w.append(*item)
+        t_write += time.perf_counter() - start
+        del item
+    start = time.perf_counter()
+    w.close()
+    t_close = time.perf_counter() - start
+    out = {"write_s": t_write + t_close, "close_s": t_close, "generate_s": t_gen,
+           "rss_start": rss_start, "peak_rss": _status("VmHWM")}
+    # the baseline: the same stored arrays, streamed into .npy files a chunk at a time
+    # (read back from the container untimed), sha256 of the same bytes, fsync
+    ds = ladd_format.open(path, verify=False)
+    out["on_disk"] = sum(ds.stored_bytes().values())
+    out["stored"] = {name: int(a.nbytes) for name, a in ds._arrays.items()}
+    t_save = t_sha = t_sync = 0.0
+    for name, array in ds._arrays.items():
+        target = Path(spec["npy_dir"]) / f"{name}.npy"
+        rows = array.chunks[0]
+        with target.open("wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(array.dtype),
+                                                     "fortran_order": False, "shape": tuple(array.shape)})
+            digest = hashlib.sha256()
+            for first in range(0, array.shape[0], rows):
+                block = np.ascontiguousarray(array[first:first + rows])
+                start = time.perf_counter()
+                f.write(memoryview(block).cast("B"))
+                t_save += time.perf_counter() - start
+                start = time.perf_counter()
+                digest.update(memoryview(block).cast("B"))
+                t_sha += time.perf_counter() - start
+            start = time.perf_counter()
+            f.flush()
+            os.fsync(f.fileno())
+            t_sync += time.perf_counter() - start
+    ds.close()
+    out.update(npsave_s=t_save, sha256_s=t_sha, fsync_s=t_sync, baseline_s=t_save + t_sha + t_sync)
+    return out
+
+
+def work_read(spec: dict) -> dict:
+    """Best of ``repeats``: np.load; open(verify=False) + images + stored dense arrays;
+    open(verify=True) + the same; then one decode of the dense labels to float32."""
+    path, npy = Path(spec["path"]), Path(spec["npy_dir"])
+    names = [p.stem for p in sorted(npy.glob("*.npy"))]
+    best: dict[str, float] = {}
+
+    def keep(key: str, seconds: float) -> None:
+        best[key] = min(best.get(key, float("inf")), seconds)
+
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        for name in names:
+            arr = np.load(npy / f"{name}.npy")
+            del arr
+        keep("npload_s", time.perf_counter() - start)
+        for verify in (False, True):
+            tag = "v" if verify else ""
+            start = time.perf_counter()
+            ds = ladd_format.open(path, verify=verify)
+            t_open = time.perf_counter() - start
+            start = time.perf_counter()
+            arr = np.asarray(ds.images)
+            del arr
+            t_images = time.perf_counter() - start
+            start = time.perf_counter()
+            for name in ds._arrays:
+                if name not in ("images", "labels"):
+                    arr = ds._arrays[name][:]
+                    del arr
+            t_dense = time.perf_counter() - start
+            ds.close()
+            keep(f"open{tag}_s", t_open)
+            keep(f"images{tag}_s", t_images)
+            keep(f"stored_dense{tag}_s", t_dense)
+            keep(f"read{tag}_s", t_open + t_images + t_dense)
+    out = dict(best)
+    decoded = spec["m"] * CROPS * spec["k"] * 4
+    if decoded <= spec["decode_cap"]:
+        with ladd_format.open(path, verify=False) as ds:
+            start = time.perf_counter()
+            arr = np.asarray(ds.dense_labels)
+            out["decode_s"] = time.perf_counter() - start
+            del arr
+    out["decoded_bytes"] = decoded
+    out["peak_rss"] = _status("VmHWM")
+    return out
+
+
+def work_loader(spec: dict) -> dict:
+    """Open, build a DeviceLoader (all crops, no DSA), render one batch: time and memory."""
+    import torch
+
+    from ladd_format.loader import DeviceLoader
+
+    device = torch.device(spec["device"])
+    if device.type == "cuda":
+        torch.zeros(1, device=device)  # the CUDA context, outside the figures
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_import = _status("VmRSS")
+    ds = ladd_format.open(spec["path"], verify=False)
+    rss_open = _status("VmHWM")
+    start = time.perf_counter()
+    loader = DeviceLoader(ds, batch_size=spec["batch"], device=device, crops_per_image="all", augment=None,
+                          seed=0)
+    _sync(device)
+    startup = time.perf_counter() - start
+    rss_load = _status("VmHWM")
+    start = time.perf_counter()
+    batch = next(iter(loader))
+    _sync(device)
+    t_batch = time.perf_counter() - start
+    out = {"startup_s": startup, "batch_s": t_batch, "rss_import": rss_import, "rss_open": rss_open,
+           "rss_load": rss_load, "peak_rss": _status("VmHWM"), "held": loader.memory(),
+           "batch_bytes": sum(t.nbytes for t in (batch.images, batch.labels, batch.crops, batch.dense,
+                                                 batch.index, batch.crop_image, batch.crop_id)),
+           "stored": {name: int(a.nbytes) for name, a in ds._arrays.items()}}
+    if device.type == "cuda":
+        out["device_peak"] = torch.cuda.max_memory_allocated(device)
+    ds.close()
+    return out
+
+
+def _labeler(kind: str, size: int, k: int, device):
+    """(labeler, bare network, description) for a zoo ConvNet, a ResNet-18 or the stand-in."""
+    import torch
+
+    from ladd_format.models import build_model
+    from ladd_format.teachers import from_module
+
+    torch.manual_seed(0)
+    side = min(size, 128)  # the zoo's networks take 28..128 px; larger images are resized to 128
+    if kind == "convnet":
+        net, what = build_model("convnet", 3, k, side), f"zoo ConvNet (width 128) at {side} px"
+    elif kind == "resnet18":
+        try:
+            import torchvision
+
+            net = torchvision.models.resnet18(num_classes=k)
+            what = f"torchvision ResNet-18 at {side} px"
+        except ImportError:
+            net = build_model("resnet18", 3, k, side)
+            what = (f"zoo ResNet-18 at {side} px (stand-in: torchvision is not importable; "
+                    "3x3 stride-1 stem, no max-pool: about 16x torchvision's FLOPs at the same input)")
+    elif kind == "standin":
+        side = 32
+        net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, k))
+        what = "stand-in pool+linear labeler at 32 px input"
+    else:
+        raise ValueError(kind)
+    labeler = from_module(net, num_classes=k, input_size=(side, side), mean=MEAN, std=STD, device=device,
+                          architecture=kind)
+    return labeler, labeler.model, what
+
+
+def work_label(spec: dict) -> dict:
+    """crops/s: bare forward on pre-cut crops vs label_batches vs augment, same batch size."""
+    import torch
+
+    from ladd_format._torch import normalise
+    from ladd_format.labeler import augment, label_batches
+    from ladd_format.sampler import UniformSampler
+
+    device = torch.device(spec["device"])
+    labeler, net, what = _labeler(spec["model"], spec["size"], spec["k"], device)
+    n, size, b = spec["images"], spec["size"], spec["batch"]
+    images, labels, _ = next(_batches(n, size, spec["k"], n, seed=1))
+    side = labeler.input_size
+    with torch.no_grad():
+        crops = UniformSampler().crops(torch.from_numpy(images).permute(0, 3, 1, 2), flatten=True,
+                                       size=side if side != (size, size) else None)
+        x = normalise(crops, MEAN, STD).to(device)
+    del crops
+    crops_n = len(x)
+
+    @torch.no_grad()
+    def bare():
+        for first in range(0, crops_n, b):
+            net(x[first:first + b])
+        _sync(device)
+
+    def labeled():
+        for _ in label_batches(images, labeler, batch_size=b, progress=False):
+            pass
+        _sync(device)
+
+    folder = Path(spec["path"])
+
+    def augmented():
+        augment(folder, images, labels, labeler, encoding="uint8", batch_size=b, progress=False, overwrite=True)
+
+    with torch.no_grad():
+        net(x[:b])  # warm-up: first-call allocations and kernels
+    times: dict[str, list[float]] = {"bare": [], "label": [], "augment": []}
+    for _ in range(spec["repeats"]):  # interleaved, best of: the machine is shared
+        for key, fn in (("bare", bare), ("label", labeled), ("augment", augmented)):
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"what": what, "crops": crops_n, "threads": torch.get_num_threads(), "peak_rss": _status("VmHWM"),
+            **{f"{key}_crops_per_s": crops_n / min(v) for key, v in times.items()}}
+
+
+def work_augment(spec: dict) -> dict:
+    """Peak RSS of labeling + writing M images with ``augment`` (images held in memory)."""
+    import torch
+
+    from ladd_format.labeler import augment, crops_per_pass
+
+    device = torch.device(spec["device"])
+    labeler, _, what = _labeler(spec["model"], spec["size"], spec["k"], device)
+    rss_ready = _status("VmRSS")
+    m, size = spec["m"], spec["size"]
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, spec["k"], m)
+    per_pass = spec["batch"] or crops_per_pass(labeler.input_size, labeler.device)
+    start = time.perf_counter()
+    augment(spec["path"], images, labels, labeler, encoding=spec["encoding"],
+            encoding_params=ENCODINGS[spec["encoding"]], batch_size=spec["batch"], progress=False,
+            overwrite=True)
+    seconds = time.perf_counter() - start
+    out = {"what": what, "seconds": seconds, "rss_ready": rss_ready, "peak_rss": _status("VmHWM"),
+           "images_bytes": int(images.nbytes), "crops_per_pass": per_pass // CROPS * CROPS}
+    if device.type == "cuda":
+        out["device_peak"] = torch.cuda.max_memory_allocated(device)
+    shutil.rmtree(spec["path"], ignore_errors=True)
+    return out
+
+
+def work_profile(spec: dict) -> dict:
+    """cProfile (main thread) of one write, one read (verify off) and one open(verify=True)."""
+    import cProfile
+    import io
+    import pstats
+
+    path, m, size, k, enc = Path(spec["path"]), spec["m"], spec["size"], spec["k"], spec["encoding"]
+    data = list(_batches(m, size, k, spec["batch"]))
+    reports = {}
+
+    def profiled(name, fn):
+        prof = cProfile.Profile()
+        start = time.perf_counter()
+        prof.enable()
+        fn()
+        prof.disable()
+        seconds = time.perf_counter() - start
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(12)
+        lines = [line for line in text.getvalue().splitlines() if line.strip()]
+        first = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+        reports[name] = {"seconds": seconds, "top": lines[first:first + 13]}
+
+    def write():
+        with ladd_format.Writer(path, num_images=m, image_shape=(size, size, 3), num_classes=k, encoding=enc,
+                                encoding_params=ENCODINGS[enc], mean=MEAN, std=STD) as w:
+            for item in data:
+                w.append(*item)
+
+    def read():
+        with ladd_format.open(path, verify=False) as ds:
+            np.asarray(ds.images)
+            for name in ds._arrays:
+                if name not in ("images", "labels"):
+                    ds._arrays[name][:]
+
+    profiled("write", write)
+    del data
+    profiled("read (verify=False)", read)
+    profiled("open(verify=True)", lambda: ladd_format.open(path, verify=True).close())
+    shutil.rmtree(path, ignore_errors=True)
+    return reports
+
+
+WORKERS = {"write": work_write, "read": work_read, "loader": work_loader, "label": work_label,
+           "augment": work_augment, "profile": work_profile}
+
+# ------------------------------------------------------------------------------------------
+# the parent: plans the cases, runs each worker in a fresh process, prints and writes tables
+
+
+def _busy_cores(seconds: float = 1.0) -> float:
+    """CPU cores busy over ``seconds`` (the parent sleeps meanwhile, so: other processes)."""
+    def sample():
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    cores = os.cpu_count() or 1
+    return cores * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
+def wait_for_quiet(limit: float) -> tuple[float, float]:
+    """Wait up to ``limit`` s for the 1-minute load average to fall below 1.0; (load, waited s)."""
+    start = time.monotonic()
+    while os.getloadavg()[0] >= 1.0 and time.monotonic() - start < limit:
+        print(f"  load average {os.getloadavg()[0]:.2f} >= 1.0: waiting "
+              f"({time.monotonic() - start:.0f} of {limit:.0f} s)", flush=True)
+        time.sleep(15)
+    return os.getloadavg()[0], time.monotonic() - start
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.log: list[dict] = []  # every case: kind, spec, result or error, load
+
+    def run(self, kind: str, spec: dict, timeout: float = 1800) -> dict | None:
+        others = _busy_cores(0.5)
+        waited = 0.0
+        while others > 0.6 and waited < self.args.case_wait:  # another user is busy: give it a moment
+            time.sleep(5)
+            waited += 5.5
+            others = _busy_cores(0.5)
+        load = os.getloadavg()[0]
+        entry = {"kind": kind, "spec": spec, "load": load, "others_busy": others}
+        self.log.append(entry)
+        start = time.perf_counter()
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(spec)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError((proc.stderr or proc.stdout).strip().splitlines()[-1] if
+                                   (proc.stderr or proc.stdout).strip() else f"exit {proc.returncode}")
+            entry["result"] = json.loads(lines[-1][len("RESULT "):])
+        except Exception as exc:  # a failed case is reported, the others still run
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"  {kind} {_case_name(spec)} FAILED: {entry['error']}", flush=True)
+            return None
+        finally:
+            entry["wall_s"] = time.perf_counter() - start
+        print(f"  {kind:<8} {_case_name(spec):<40} {entry['wall_s']:6.1f} s  (load {load:.2f}, "
+              f"others {others:.1f} cores)", flush=True)
+        return entry["result"]
+
+
+def _case_name(spec: dict) -> str:
+    parts = [f"{spec['size']}px" if "size" in spec else "", f"M={spec['m']:,}" if "m" in spec else "",
+             spec.get("encoding", ""), spec.get("model", "")]
+    return " ".join(p for p in parts if p)
+
+
+def plan(args) -> dict:
+    if args.quick:
+        sizes, ms, k = [32], [16, 48], args.classes or 1000
+        label_sizes, label_images, label_batch, repeats = [32], 2, 25, 1
+    elif args.full:
+        sizes, ms, k = [64, 128, 224], [1000, 4000, 16000, 50000], args.classes or 1000
+        label_sizes, label_images, label_batch, repeats = [64, 128, 224], 64, 250, 2
+    else:
+        sizes, ms, k = [64, 128], [1000, 4000, 16000], args.classes or 1000
+        label_sizes, label_images, label_batch, repeats = [64, 128], 4, 50, 2
+    return {"sizes": args.sizes or sizes, "ms": args.images or ms, "k": k,
+            "label_sizes": args.sizes or label_sizes, "label_images": args.label_images or label_images,
+            "label_batch": args.label_batch or label_batch, "repeats": repeats}
+
+
+def _limit(args) -> dict[str, int]:
+    """Largest M per encoding: by default the float32 / float16 / uint16 containers (100, 50 and
+    50 kB of dense labels per image) stop at 4,000 images to keep the run near 10 minutes."""
+    if args.full or args.quick or args.all_encodings:
+        return {}
+    return {"float32": 4000, "float16": 4000, "uint16": 4000}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (tiny M)")
+    ap.add_argument("--full", action="store_true", help="the issue's full sizes (M up to 50,000, 224 px; a GPU machine)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=None, help="e.g. 64,128")
+    ap.add_argument("--images", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                    help="the M values, e.g. 1000,4000,16000")
+    ap.add_argument("--classes", type=int, default=None, help="K (default 1,000)")
+    ap.add_argument("--encodings", default=",".join(ENCODINGS), help="comma-separated subset of " + ",".join(ENCODINGS))
+    ap.add_argument("--all-encodings", action="store_true",
+                    help="every encoding at every M (default: float32/float16/uint16 up to M = 4,000)")
+    ap.add_argument("--batch", type=int, default=256, help="images per Writer.append (default 256)")
+    ap.add_argument("--loader-batch", type=int, default=32, help="DeviceLoader batch (images; all 25 crops each)")
+    ap.add_argument("--label-images", type=int, default=None, help="images labelled per labeling case")
+    ap.add_argument("--label-batch", type=int, default=None, help="crops per forward pass when labeling")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: io,loader,label,augment")
+    ap.add_argument("--profile", action="store_true", help="also cProfile one write / read / verify")
+    ap.add_argument("--workdir", type=Path, default=None, help="where containers go (default: a temp dir)")
+    ap.add_argument("--wait", type=float, default=300, help="seconds to wait for load < 1.0 at the start")
+    ap.add_argument("--case-wait", type=float, default=30,
+                    help="seconds to wait before a case while other processes keep > 0.6 cores busy")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.md")
+    ap.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        kind, spec = args.worker
+        result = WORKERS[kind](json.loads(spec))
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    import torch
+    import zarr
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    p = plan(args)
+    k = p["k"]
+    encodings = [e for e in args.encodings.split(",") if e]
+    unknown = set(encodings) - set(ENCODINGS)
+    if unknown:
+        ap.error(f"unknown encodings {sorted(unknown)}")
+    skip = set(filter(None, args.skip.split(",")))
+    limits = _limit(args)
+    started = datetime.datetime.now().astimezone()
+    print("waiting for a quiet machine (1-minute load average < 1.0) ...", flush=True)
+    load0, waited = wait_for_quiet(args.wait)
+    info = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+        "started": started.isoformat(timespec="seconds"), "machine": _machine(device),
+        "python": platform.python_version(), "torch": torch.__version__, "zarr": zarr.__version__,
+        "numpy": np.__version__, "ladd_format": ladd_format.__version__, "device": device,
+        "torch_threads": torch.get_num_threads(), "load_start": load0, "waited_s": waited,
+        "k": k, "plan": p, "limits": limits,
+    }
+    print(f"{info['machine']}; torch {torch.__version__}, zarr {zarr.__version__}, numpy {np.__version__}; "
+          f"load {load0:.2f} after {waited:.0f} s", flush=True)
+    runner = Runner(args)
+    work = Path(tempfile.mkdtemp(prefix="ladd-scale-", dir=args.workdir))
+    skipped: list[str] = []
+    decode_cap = 4 * GiB
+    try:
+        if "io" not in skip or "loader" not in skip:
+            for size in p["sizes"]:
+                for m in p["ms"]:
+                    for enc in encodings:
+                        if m > limits.get(enc, m):
+                            skipped.append(f"{size} px, M = {m:,}, {enc}: default run limits {enc} to "
+                                           f"M <= {limits[enc]:,} for time (--all-encodings or --full runs it)")
+                            continue
+                        specs = _stored_specs(m, size, k, enc)
+                        need = 2 * sum(_nbytes(s) for s in specs.values()) + 2 * GiB
+                        free = shutil.disk_usage(work).free
+                        if need > free:
+                            skipped.append(f"{size} px, M = {m:,}, {enc}: needs {need / 1e9:.1f} GB of disk, "
+                                           f"{free / 1e9:.1f} GB free")
+                            continue
+                        case = work / f"{size}_{m}_{enc}"
+                        npy = case / "npy"
+                        npy.mkdir(parents=True)
+                        base = {"path": str(case / "c.ladd"), "npy_dir": str(npy), "m": m, "size": size, "k": k,
+                                "encoding": enc}
+                        if runner.run("write", {**base, "batch": args.batch}) is not None:
+                            if "io" not in skip:
+                                runner.run("read", {**base, "repeats": 1 if m * size * size >= 4000 * 128 * 128 else 2,
+                                                    "decode_cap": decode_cap})
+                            if "loader" not in skip:
+                                runner.run("loader", {**base, "device": device, "batch": args.loader_batch})
+                        shutil.rmtree(case, ignore_errors=True)
+        if args.profile:
+            m, size = p["ms"][min(1, len(p["ms"]) - 1)], p["sizes"][-1]
+            runner.run("profile", {"path": str(work / "profile.ladd"), "m": m, "size": size, "k": k,
+                                   "encoding": "uint8", "batch": args.batch})
+        if "label" not in skip:
+            for model in ("convnet", "resnet18"):
+                for size in p["label_sizes"]:
+                    n = p["label_images"] if model == "convnet" or size <= 64 or args.full else max(
+                        2, p["label_images"] // 2)
+                    runner.run("label", {"path": str(work / "label.ladd"), "model": model, "size": size, "k": k,
+                                         "images": n, "batch": p["label_batch"], "repeats": p["repeats"],
+                                         "device": device})
+        if "augment" not in skip:
+            aug_enc = "topk" if "topk" in ENCODINGS else encodings[0]
+            for size in p["sizes"]:
+                for m in p["ms"]:
+                    runner.run("augment", {"path": str(work / "aug.ladd"), "model": "standin", "size": size,
+                                           "m": m, "k": k, "encoding": aug_enc, "batch": None, "device": device})
+            for size in p["label_sizes"]:  # the zoo ConvNet at the library's default crops per pass
+                import torch as _t
+
+                from ladd_format.labeler import crops_per_pass
+
+                per_pass = crops_per_pass((min(size, 128),) * 2, _t.device(device))
+                m = max(2, -(-per_pass // CROPS)) if not args.quick else 2
+                runner.run("augment", {"path": str(work / "aug.ladd"), "model": "convnet", "size": size, "m": m,
+                                       "k": k, "encoding": "uint8", "batch": None, "device": device})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    info["load_end"] = os.getloadavg()[0]
+    text = report(info, runner.log, skipped)
+    print()
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _machine(device: str) -> str:
+    cpu = "cpu"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    text = f"{cpu}, {cores} cores, {mem / GiB:.0f} GiB RAM"
+    if device.startswith("cuda"):
+        import torch
+
+        text += f"; GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return text
+
+
+# ------------------------------------------------------------------------------------------
+# the report
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f}"
+
+
+def _mib(n: float) -> str:
+    return f"{n / MiB:,.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _results(log: list[dict], kind: str) -> list[tuple[dict, dict, dict]]:
+    return [(e["spec"], e["result"], e) for e in log if e["kind"] == kind and "result" in e]
+
+
+def report(info: dict, log: list[dict], skipped: list[str]) -> str:
+    k = info["k"]
+    out = [f"# Scale: ImageNet-shaped containers (K = {k:,}) as M grows", "",
+           f"Command: `{info['command']}`  ", f"Run: {info['started']} to {info.get('finished', '?')}  ",
+           f"Machine: {info['machine']}; device `{info['device']}`; {info['torch_threads']} torch threads  ",
+           f"Versions: python {info['python']}, torch {info['torch']}, zarr {info['zarr']}, numpy {info['numpy']}, "
+           f"ladd_format {info['ladd_format']}  ",
+           f"Load: 1-minute load average {info['load_start']:.2f} at the start (after waiting "
+           f"{info['waited_s']:.0f} s for < 1.0), {info.get('load_end', float('nan')):.2f} at the end; "
+           "each case's load (this run's own previous case included) and the cores other processes kept busy "
+           "just before it are in the last table.", "",
+           "Data: random pixels; dense labels are peaked random probabilities (a random row scaled to 1 - p, "
+           "plus p ~ U(0.5, 0.95) on one class). *Logical* bytes are what the writer is handed (uint8 images, "
+           "int64 labels, float32 [M, 25, K] probabilities); *stored* bytes are the container's arrays in their "
+           "stored dtypes before compression (what np.save writes); *on disk* is after zstd. Every case runs in "
+           "a fresh process; peak RSS is that process's VmHWM. Reads run with a warm page cache on both sides "
+           "(the files were just written). MB = 10^6 B, MiB = 2^20 B.", ""]
+    if info["limits"]:
+        out += ["Default limits: " + ", ".join(f"{e} up to M = {v:,}" for e, v in info["limits"].items())
+                + " (the float32 container of 16,000 images holds 1.6 GB of dense labels; `--all-encodings` "
+                "or `--full` lifts this).", ""]
+
+    # write ------------------------------------------------------------------------------
+    writes = _results(log, "write")
+    rows, growth_src = [], {}
+    for spec, r, _ in writes:
+        specs = _stored_specs(spec["m"], spec["size"], k, spec["encoding"])
+        stored = sum(_nbytes(s) for s in specs.values())
+        logical = spec["m"] * (spec["size"] ** 2 * 3 + 8 + CROPS * k * 4)
+        ratio = r["write_s"] / r["baseline_s"]
+        rows.append([spec["size"], f"{spec['m']:,}", spec["encoding"], _mb(logical), _mb(stored), _mb(r["on_disk"]),
+                     f"{r['write_s']:.2f}", f"{stored / r['write_s'] / 1e6:,.0f}", f"{logical / r['write_s'] / 1e6:,.0f}",
+                     f"{r['baseline_s']:.2f} ({r['npsave_s']:.2f} + {r['sha256_s']:.2f} + {r['fsync_s']:.2f})",
+                     f"{ratio:.2f}x", _mib(r["peak_rss"])])
+        key = (spec["size"], spec["encoding"])
+        growth_src.setdefault(("write s", key), []).append((spec["m"], r["write_s"]))
+        growth_src.setdefault(("write peak RSS", key), []).append((spec["m"], r["peak_rss"]))
+    out += ["## Write (`Writer`, 256 images per append)", "",
+            "Baseline: the same stored arrays streamed chunk by chunk into .npy files (np.save's format) + sha256 "
+            "of those bytes + fsync (write + sha256 + fsync seconds in brackets).", "",
+            _table(["px", "M", "encoding", "logical MB", "stored MB", "on disk MB", "write s", "MB/s stored",
+                    "MB/s logical", "baseline s", "write / baseline", "peak RSS MiB"], rows), ""]
+
+    # read -------------------------------------------------------------------------------
+    rows = []
+    for spec, r, _ in _results(log, "read"):
+        dec = (f"{r['decode_s']:.2f} ({_mb(r['decoded_bytes'])} MB)" if "decode_s" in r else "skipped")
+        rows.append([spec["size"], f"{spec['m']:,}", spec["encoding"], f"{r['npload_s']:.3f}", f"{r['open_s']:.3f}",
+                     f"{r['images_s']:.3f}", f"{r['stored_dense_s']:.3f}", f"{r['read_s']:.3f}",
+                     f"{r['read_s'] / r['npload_s']:.2f}x", f"{r['openv_s']:.3f}", f"{r['readv_s']:.3f}",
+                     f"{r['readv_s'] / r['npload_s']:.2f}x", dec])
+        key = (spec["size"], spec["encoding"])
+        growth_src.setdefault(("read s (verify off)", key), []).append((spec["m"], r["read_s"]))
+        growth_src.setdefault(("open(verify=True) s", key), []).append((spec["m"], r["openv_s"]))
+    out += ["## Read", "",
+            "*read* = `open(verify=False)` + `np.asarray(ds.images)` + every stored dense array (`ds._arrays[name][:]`, "
+            "undecoded); *read, verify on* = `open(verify=True)` (hashes every array) + the same reads; *decode* = "
+            "`np.asarray(ds.dense_labels)` (float32 [M, 25, K]), measured apart. np.load reads the baseline's .npy "
+            "files of the same stored arrays.", "",
+            _table(["px", "M", "encoding", "np.load s", "open s", "images s", "stored dense s", "read s",
+                    "read / np.load", "open(verify) s", "read, verify on s", "verify on / np.load", "decode s"], rows), ""]
+
+    # loader -----------------------------------------------------------------------------
+    rows = []
+    for spec, r, _ in _results(log, "loader"):
+        stored = r["stored"]
+        data = stored["images"] + sum(v for n, v in stored.items() if n not in ("images", "labels"))
+        held = sum(r["held"]["device"].values()) + sum(r["held"]["host"].values())
+        grown = r["peak_rss"] - r["rss_import"]
+        dev = f", device peak {_mib(r['device_peak'])}" if "device_peak" in r else ""
+        rows.append([spec["size"], f"{spec['m']:,}", spec["encoding"], _mib(data), f"{r['startup_s']:.2f}",
+                     f"{r['batch_s']:.2f}", _mib(held) + dev, f"{held / data:.3f}", _mib(r["batch_bytes"]),
+                     _mib(grown), f"{(grown - r['batch_bytes']) / data:.2f}"])
+        key = (spec["size"], spec["encoding"])
+        growth_src.setdefault(("loader start-up s", key), []).append((spec["m"], r["startup_s"]))
+        growth_src.setdefault(("loader peak RSS growth", key), []).append((spec["m"], grown))
+    batch = next((s["batch"] for s, _, _ in _results(log, "loader")), 32)
+    out += [f"## DeviceLoader (batch of {batch} images, all 25 crops, no DSA)", "",
+            "*stored* = images + dense arrays in their stored dtypes (uncompressed); *held* = `loader.memory()` "
+            "(host + device); *RSS growth* = peak RSS after opening, loading and rendering one batch minus the RSS "
+            "after `import torch, ladd_format` (a fresh process; on CPU the device is the host); the last column is "
+            "(RSS growth - one batch) / stored, the goal's ratio.", "",
+            _table(["px", "M", "encoding", "stored MiB", "start-up s", "1st batch s", "held MiB", "held / stored",
+                    "batch MiB", "RSS growth MiB", "(growth - batch) / stored"], rows), ""]
+
+    # labeling ---------------------------------------------------------------------------
+    rows, whats = [], []
+    for spec, r, _ in _results(log, "label"):
+        if r["what"] not in whats:
+            whats.append(r["what"])
+        rows.append([spec["model"], spec["size"], spec["images"], r["crops"], spec["batch"],
+                     f"{r['bare_crops_per_s']:,.1f}", f"{r['label_crops_per_s']:,.1f}",
+                     f"{r['label_crops_per_s'] / r['bare_crops_per_s']:.2f}", f"{r['augment_crops_per_s']:,.1f}",
+                     f"{r['augment_crops_per_s'] / r['bare_crops_per_s']:.2f}", _mib(r["peak_rss"])])
+    out += ["## Labeling throughput", "",
+            "Bare = `model(x)` under `torch.no_grad` on the same crops, cut and normalised beforehand, in passes of "
+            "the same number of crops; `label_batches` adds cutting, resizing, normalising, softmax and the copy to "
+            "numpy; `augment` adds uint8 encoding and writing the container. Best of the interleaved repeats. "
+            "Networks: " + "; ".join(whats) + ".", "",
+            _table(["labeler", "px", "images", "crops", "crops/pass", "bare crops/s", "label_batches crops/s",
+                    "label / bare", "augment crops/s", "augment / bare", "peak RSS MiB"], rows), ""]
+
+    # augment RSS ------------------------------------------------------------------------
+    rows, aug_ratios = [], []
+    for spec, r, _ in _results(log, "augment"):
+        specs = _stored_specs(spec["m"], spec["size"], k, spec["encoding"])
+        dense = _dense_bytes(specs)
+        budget = r["images_bytes"] + dense + GiB
+        aug_ratios.append((r["peak_rss"] / budget, spec, r))
+        rows.append([spec["model"], spec["size"], f"{spec['m']:,}", spec["encoding"], r["crops_per_pass"],
+                     f"{r['seconds']:.1f}", _mib(r["images_bytes"]), _mib(dense), _mib(budget),
+                     _mib(r["rss_ready"]), _mib(r["peak_rss"]), f"{r['peak_rss'] / budget:.2f}"])
+        if spec["model"] == "standin":
+            growth_src.setdefault(("augment peak RSS", (spec["size"], spec["encoding"])), []).append(
+                (spec["m"], r["peak_rss"]))
+    out += ["## Labeling + writing: peak RSS of `augment`", "",
+            "Images are held in memory (uint8), as `augment` takes them; *budget* = images + stored dense bytes + "
+            "1 GiB; *ready* = RSS after imports and building the labeler, before the images exist. The stand-in "
+            "labeler (adaptive average pool to 4x4 + a linear layer, 32 px input) makes the sweep over M affordable "
+            "on a CPU; the ConvNet rows use the library's default crops per pass (`crops_per_pass`).", "",
+            _table(["labeler", "px", "M", "encoding", "crops/pass", "seconds", "images MiB", "stored dense MiB",
+                    "budget MiB", "ready MiB", "peak RSS MiB", "peak / budget"], rows), ""]
+
+    # growth -----------------------------------------------------------------------------
+    rows = []
+    for (figure, (size, enc)), series in growth_src.items():
+        series = sorted(series)
+        if len(series) < 2:
+            continue
+        steps = [f"{b[1] / a[1]:.2f}x (M x{b[0] / a[0]:.0f})" if a[1] > 0 else "-" for a, b in zip(series, series[1:])]
+        unit = 1 if figure.endswith(" s") else MiB
+        values = " -> ".join((f"{v:.2f}" if unit == 1 else f"{v / unit:,.0f}") for _, v in series)
+        rows.append([figure + ("" if unit == 1 else " MiB"), size, enc,
+                     " -> ".join(f"{m:,}" for m, _ in series), values, ", ".join(steps)])
+    out += ["## Growth with M", "",
+            "Ratio of each figure between consecutive M: linear growth shows the M ratio (x4), flat shows x1.", "",
+            _table(["figure", "px", "encoding", "M", "values", "step ratios"], rows), ""]
+
+    # goals ------------------------------------------------------------------------------
+    out += ["## Goals", "", _table(["goal", "verdict", "measured", "why / where"], goals(log, k, aug_ratios)), ""]
+
+    if skipped:
+        out += ["## Not run", ""] + [f"- {s}" for s in skipped] + [""]
+    failed = [e for e in log if "error" in e]
+    if failed:
+        out += ["## Failed cases", ""] + [f"- {e['kind']} {_case_name(e['spec'])}: {e['error']}" for e in failed] + [""]
+    rows = [[e["kind"], _case_name(e["spec"]), f"{e['load']:.2f}", f"{e['others_busy']:.1f}",
+             f"{e.get('wall_s', 0):.1f}"] for e in log]
+    out += ["## Cases run (load before each)", "",
+            _table(["worker", "case", "load avg (1 min)", "others' busy cores", "wall s"], rows), ""]
+    return "\n".join(out)
+
+
+def goals(log: list[dict], k: int, aug_ratios) -> list[list[str]]:
+    rows = []
+    # 1. labeling + writing
+    if aug_ratios:
+        worst = max(aug_ratios, key=lambda t: t[0])
+        ratio, spec, r = worst
+        met = all(t[0] <= 1 for t in aug_ratios)
+        bad = [t for t in aug_ratios if t[0] > 1]
+        why = ("" if met else "; ".join(
+            f"{s['model']} {s['size']} px M={s['m']:,}: {_mib(x['peak_rss'])} MiB at {x['crops_per_pass']} crops/pass"
+            for _, s, x in bad[:3]))
+        rows.append(["labeling + writing: peak RSS <= images + stored dense + 1 GiB", "met" if met else "NOT met",
+                     f"worst {ratio:.2f} of budget ({spec['model']}, {spec['size']} px, M = {spec['m']:,})", why])
+    # 2. loader
+    ratios = []
+    for e in log:
+        if e["kind"] == "loader" and "result" in e:
+            r, s = e["result"], e["spec"]
+            data = r["stored"]["images"] + sum(v for n, v in r["stored"].items() if n not in ("images", "labels"))
+            grown = r["peak_rss"] - r["rss_import"]
+            held = sum(r["held"]["device"].values()) + sum(r["held"]["host"].values())
+            ratios.append(((grown - r["batch_bytes"]) / data, held / data, s))
+    if ratios:
+        worst = max(ratios, key=lambda t: t[0])
+        met = worst[0] <= 1.1
+        held_worst = max(t[1] for t in ratios)
+        s = worst[2]
+        rows.append(["DeviceLoader: memory <= 1.1 x stored images + dense + one batch", "met" if met else "NOT met",
+                     f"RSS: worst {worst[0]:.2f}x ({s['size']} px, M = {s['m']:,}, {s['encoding']}); "
+                     f"loader.memory(): worst {held_worst:.3f}x",
+                     "" if met else "peak RSS growth beyond the held arrays: see the loader table"])
+    # 3. read / write with >= 1 GB
+    big_w = [(e["spec"], e["result"]) for e in log if e["kind"] == "write" and "result" in e
+             and sum(e["result"]["stored"].values()) >= 1e9]
+    big_r = [(e["spec"], e["result"]) for e in log if e["kind"] == "read" and "result" in e
+             and sum(_nbytes(v) for v in _stored_specs(e["spec"]["m"], e["spec"]["size"], k,
+                                                        e["spec"]["encoding"]).values()) >= 1e9]
+    for label, items, key, base, limit in (
+            ("read (verify off) <= 2 x np.load, >= 1 GB", big_r, "read_s", "npload_s", 2.0),
+            ("read, verify on <= 3 x np.load, >= 1 GB", big_r, "readv_s", "npload_s", 3.0),
+            ("write <= 2 x (np.save + fsync + sha256), >= 1 GB", big_w, "write_s", "baseline_s", 2.0)):
+        if not items:
+            rows.append([label, "not measured", "no case with >= 1 GB of stored data", "run with larger M"])
+            continue
+        vals = [(r[key] / r[base], s) for s, r in items]
+        worst = max(vals, key=lambda t: t[0])
+        met = worst[0] <= limit
+        s = worst[1]
+        cases = ", ".join(f"{s['size']} px/{s['m']:,}/{s['encoding']} {v:.2f}x" for v, s in vals)
+        rows.append([label, "met" if met else "NOT met", f"worst {worst[0]:.2f}x ({cases})",
+                     "" if met else _why(label, s, log)])
+    # 4. labeling throughput
+    vals = [(e["result"]["label_crops_per_s"] / e["result"]["bare_crops_per_s"], e["spec"])
+            for e in log if e["kind"] == "label" and "result" in e]
+    if vals:
+        worst = min(vals, key=lambda t: t[0])
+        met = worst[0] >= 0.9
+        cases = ", ".join(f"{s['model']} {s['size']} px {v:.2f}" for v, s in vals)
+        rows.append(["labeling >= 90% of the bare forward", "met" if met else "NOT met",
+                     f"worst {worst[0]:.2f} ({cases})", "" if met else "see the labeling table"])
+    return rows
+
+
+def _why(label: str, spec: dict, log: list[dict]) -> str:
+    """One line on where the time goes, from the same case's split."""
+    for e in log:
+        if e["spec"] is spec or e["spec"] == spec:
+            r = e.get("result", {})
+            if label.startswith("write"):
+                return (f"write {r['write_s']:.1f} s vs baseline {r['baseline_s']:.1f} s; the encoding and the "
+                        "per-chunk zstd + sha256 run on one thread (profile with --profile)")
+            if "verify" in label:
+                return (f"open(verify=True) alone {r['openv_s']:.2f} s: every array is decoded and hashed, then "
+                        "read again")
+            return (f"images {r['images_s']:.2f} s + stored dense {r['stored_dense_s']:.2f} s vs np.load "
+                    f"{r['npload_s']:.2f} s: zstd decode + zarr's chunk assembly")
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

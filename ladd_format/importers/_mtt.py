@@ -1,0 +1,113 @@
+"""MTT, TESLA, GLaD and DATM: ``images_<tag>.pt`` + ``labels_<tag>.pt`` (+ DATM's ``lr_<tag>.pt``).
+
+These code bases save normalised float tensors, ``<tag>`` being ``best`` or the iteration.
+Runs with ZCA whitening save the *whitened* tensors under those names and an un-whitened
+copy as ``images_zca_<it>.pt``. That copy is the only sign of whitening the files carry, so
+a folder holding one refuses its whitened tensors until the user says how to get pixels back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ._common import (
+    ZCA_WAYS_OUT,
+    Distilled,
+    InputNotFoundError,
+    WhitenedImagesError,
+    files_record,
+    load_pt,
+    scalar,
+    split_labels,
+    tensor,
+)
+
+READS = ("mtt", "tesla", "glad", "datm")
+"""The kinds this module reads."""
+
+
+def read(kind: str, src: Path, labels: str | os.PathLike[str] | None, lr: str | os.PathLike[str] | None,
+         zca: bool, zca_inverse: str | os.PathLike[str] | None) -> Distilled:
+    """The images, labels (and DATM's learned lr) of a run folder or of one images file."""
+    images_path = _images_file(src)
+    labels_path = Path(labels) if labels is not None else _partner(images_path, "labels")
+    if labels_path is None:
+        raise InvalidInputError(f"{images_path}: cannot tell the labels file from the name (images<tag>.pt pairs "
+                                "with labels<tag>.pt); pass labels= (--labels on the command line)")
+    if labels is None and not labels_path.is_file():
+        raise InputNotFoundError(f"{labels_path}: no such file (the labels of {images_path.name}); "
+                                 "pass labels= (--labels on the command line) if they are elsewhere")
+    lr_path = Path(lr) if lr is not None else _partner(images_path, "lr") if kind == "datm" else None
+    if lr is None and lr_path is not None and not lr_path.is_file():
+        lr_path = None
+    images = tensor(load_pt(images_path), images_path.name)
+    _check_zca(images_path, images, zca, zca_inverse)
+    raw_labels = tensor(load_pt(labels_path), labels_path.name)
+    files = [images_path, labels_path] + ([lr_path] if lr_path is not None else [])
+    details: dict[str, Any] = {"imported_from": files_record(kind, files)}
+    if lr_path is not None:
+        details["learned_lr"] = scalar(load_pt(lr_path), lr_path.name)
+    return split_labels(kind, images, raw_labels, details)
+
+
+def _images_file(src: Path) -> Path:
+    """``src`` itself, or a run folder's ``images_best.pt``."""
+    if not src.is_dir():
+        return src
+    if (src / "images_best.pt").is_file():
+        return src / "images_best.pt"
+    others = sorted(p.name for p in src.glob("images_*.pt"))
+    raise InputNotFoundError(f"{src}: no images_best.pt in this folder; give the images file as the source"
+                             + (f" (it holds {_listing(others)})" if others else ""))
+
+
+def _partner(images_path: Path, prefix: str) -> Path | None:
+    """``labels_<tag>.pt`` / ``lr_<tag>.pt`` beside ``images_<tag>.pt`` or ``images_zca_<tag>.pt``."""
+    name, found = re.subn(r"^images(_zca)?", prefix, images_path.name)
+    return images_path.with_name(name) if found else None
+
+
+def _check_zca(path: Path, images: np.ndarray, zca: bool, zca_inverse: Any) -> None:
+    """Refuse whitened tensors from a ZCA run unless ``zca_inverse`` is given; refuse un-whitening a copy."""
+    if path.name.startswith("images_zca_"):
+        if zca or zca_inverse is not None:
+            raise InvalidInputError(f"{path.name} is MTT's un-whitened copy, not whitened: import it without "
+                                    "zca= / zca_inverse= (--zca / --zca-inverse on the command line)")
+        return
+    copies = sorted(path.parent.glob("images_zca_*.pt"), key=_iteration)
+    if copies and zca_inverse is None:
+        raise WhitenedImagesError(
+            f"{path}: its folder holds {_listing([c.name for c in copies])}, which MTT-family code writes only "
+            f"when it ran with ZCA whitening, so {path.name} holds ZCA-whitened tensors. Choose: "
+            + ZCA_WAYS_OUT.format(copy=_copy_of(path, images, copies)))
+
+
+def _copy_of(path: Path, images: np.ndarray, copies: list[Path]) -> str:
+    """The name of ``path``'s un-whitened copy: ``images_zca_<it>.pt`` for ``images_<it>.pt``; for
+    ``images_best.pt`` the copy of the iteration whose ``images_<it>.pt`` holds the same tensor."""
+    for copy in copies:
+        twin = copy.with_name(copy.name.replace("images_zca_", "images_", 1))
+        if twin.name == path.name:
+            return copy.name
+        if path.name == "images_best.pt" and twin.is_file():
+            try:
+                if np.array_equal(tensor(load_pt(twin), twin.name), images):
+                    return copy.name
+            except InvalidInputError:
+                continue  # an unreadable twin only means no match
+    return "images_zca_<it>.pt"
+
+
+def _iteration(path: Path) -> tuple[int, str]:
+    found = re.search(r"(\d+)\.pt$", path.name)
+    return (int(found.group(1)) if found else -1, path.name)
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{len(names)} files {names[0]} ... {names[-1]}"
