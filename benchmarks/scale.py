@@ -45,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +148,7 @@ def work_write(spec: dict) -> dict:
     t_close = time.perf_counter() - start
     out = {"write_s": t_write + t_close, "close_s": t_close, "generate_s": t_gen,
            "rss_start": rss_start, "peak_rss": _status("VmHWM")}
+    out.update(_split_estimate(enc, k, spec["batch"], m))  # after the peak is read
     # the baseline: the same stored arrays, streamed into .npy files a chunk at a time
     # (read back from the container untimed), sha256 of the same bytes, fsync
     ds = ladd_format.open(path, verify=False)
@@ -179,6 +179,26 @@ def work_write(spec: dict) -> dict:
     return out
 
 
+def _split_estimate(enc: str, k: int, batch: int, m: int) -> dict:
+    """The writer's validation and encoding seconds for M images, from one batch timed apart
+    (the library's private helpers: an estimate that is left out if they change)."""
+    try:
+        from ladd_format._encodings import resolve_encoding
+        from ladd_format._write import _check_dense
+        from ladd_format.manifest import SamplerSpec
+
+        _, _, dense = next(_batches(min(batch, m), 8, k, batch, seed=7))
+        start = time.perf_counter()
+        _check_dense(dense, len(dense), SamplerSpec(), "probs")
+        check = time.perf_counter() - start
+        start = time.perf_counter()
+        resolve_encoding(enc, ENCODINGS[enc], k, "probs").encode(dense)
+        encode = time.perf_counter() - start
+        return {"check_est_s": check * m / len(dense), "encode_est_s": encode * m / len(dense)}
+    except Exception:  # noqa: BLE001 - an estimate only
+        return {}
+
+
 def work_read(spec: dict) -> dict:
     """Best of ``repeats``: np.load; open(verify=False) + images + stored dense arrays;
     open(verify=True) + the same; then one decode of the dense labels to float32."""
@@ -207,8 +227,7 @@ def work_read(spec: dict) -> dict:
             start = time.perf_counter()
             for name in ds._arrays:
                 if name not in ("images", "labels"):
-                    arr = ds._arrays[name][:]
-                    del arr
+                    ds._arrays[name][:]
             t_dense = time.perf_counter() - start
             ds.close()
             keep(f"open{tag}_s", t_open)
@@ -220,9 +239,8 @@ def work_read(spec: dict) -> dict:
     if decoded <= spec["decode_cap"]:
         with ladd_format.open(path, verify=False) as ds:
             start = time.perf_counter()
-            arr = np.asarray(ds.dense_labels)
+            np.asarray(ds.dense_labels)
             out["decode_s"] = time.perf_counter() - start
-            del arr
     out["decoded_bytes"] = decoded
     out["peak_rss"] = _status("VmHWM")
     return out
@@ -238,6 +256,9 @@ def work_loader(spec: dict) -> dict:
     if device.type == "cuda":
         torch.zeros(1, device=device)  # the CUDA context, outside the figures
         torch.cuda.reset_peak_memory_stats(device)
+    from ladd_format.sampler import UniformSampler
+
+    UniformSampler().crops(torch.zeros((1, 3, 32, 32), dtype=torch.uint8, device=device))  # torch's first-use costs
     rss_import = _status("VmRSS")
     ds = ladd_format.open(spec["path"], verify=False)
     rss_open = _status("VmHWM")
@@ -407,7 +428,7 @@ def work_profile(spec: dict) -> dict:
                     ds._arrays[name][:]
 
     profiled("write", write)
-    del data
+    data.clear()
     profiled("read (verify=False)", read)
     profiled("open(verify=True)", lambda: ladd_format.open(path, verify=True).close())
     shutil.rmtree(path, ignore_errors=True)
@@ -448,16 +469,18 @@ class Runner:
     def __init__(self, args):
         self.args = args
         self.log: list[dict] = []  # every case: kind, spec, result or error, load
+        self.wait_left = args.total_case_wait  # seconds all cases together may wait for other users
 
     def run(self, kind: str, spec: dict, timeout: float = 1800) -> dict | None:
         others = _busy_cores(0.5)
         waited = 0.0
-        while others > 0.6 and waited < self.args.case_wait:  # another user is busy: give it a moment
+        while others > 0.6 and waited < self.args.case_wait and self.wait_left > 0:  # another user is busy
             time.sleep(5)
             waited += 5.5
+            self.wait_left -= 5.5
             others = _busy_cores(0.5)
         load = os.getloadavg()[0]
-        entry = {"kind": kind, "spec": spec, "load": load, "others_busy": others}
+        entry = {"kind": kind, "spec": spec, "load": load, "others_busy": others, "waited_s": waited}
         self.log.append(entry)
         start = time.perf_counter()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(spec)]
@@ -486,26 +509,47 @@ def _case_name(spec: dict) -> str:
 
 
 def plan(args) -> dict:
+    """Sizes, M values, K and the labeling cases (model, px, images, crops per pass, repeats)."""
     if args.quick:
-        sizes, ms, k = [32], [16, 48], args.classes or 1000
-        label_sizes, label_images, label_batch, repeats = [32], 2, 25, 1
+        sizes, ms = [32], [16, 48]
+        label = [("convnet", 32, 2, 25, 1), ("resnet18", 32, 2, 25, 1)]
+        augment_sizes = [32]
     elif args.full:
-        sizes, ms, k = [64, 128, 224], [1000, 4000, 16000, 50000], args.classes or 1000
-        label_sizes, label_images, label_batch, repeats = [64, 128, 224], 64, 250, 2
+        sizes, ms = [64, 128, 224], [1000, 4000, 16000, 50000]
+        label = [(model, size, 64, 250, 2) for model in ("convnet", "resnet18") for size in (64, 128, 224)]
+        augment_sizes = [64, 128, 224]
     else:
-        sizes, ms, k = [64, 128], [1000, 4000, 16000], args.classes or 1000
-        label_sizes, label_images, label_batch, repeats = [64, 128], 4, 50, 2
-    return {"sizes": args.sizes or sizes, "ms": args.images or ms, "k": k,
-            "label_sizes": args.sizes or label_sizes, "label_images": args.label_images or label_images,
-            "label_batch": args.label_batch or label_batch, "repeats": repeats}
+        # a ResNet-18 at 128 px runs at about 4 crops/s on 2 cores: two images there
+        sizes, ms = [64, 128], [1000, 4000, 16000]
+        label = [("convnet", 64, 4, 50, 2), ("convnet", 128, 4, 50, 2), ("resnet18", 64, 4, 50, 2),
+                 ("resnet18", 128, 2, 50, 1)]
+        augment_sizes = [128]
+    if args.sizes:
+        first = {}
+        for model, _, n, b, r in label:
+            first.setdefault(model, (n, b, r))
+        label = [(model, size, *first[model]) for model in first for size in args.sizes]
+        sizes, augment_sizes = args.sizes, args.sizes[-1:]
+    if args.label_images or args.label_batch:
+        label = [(model, size, args.label_images or n, args.label_batch or b, r) for model, size, n, b, r in label]
+    return {"sizes": sizes, "ms": args.images or ms, "k": args.classes or 1000, "label": label,
+            "augment_sizes": augment_sizes}
 
 
-def _limit(args) -> dict[str, int]:
-    """Largest M per encoding: by default the float32 / float16 / uint16 containers (100, 50 and
-    50 kB of dense labels per image) stop at 4,000 images to keep the run near 10 minutes."""
-    if args.full or args.quick or args.all_encodings:
-        return {}
-    return {"float32": 4000, "float16": 4000, "uint16": 4000}
+def _not_run(args, p: dict, size: int, m: int, enc: str) -> str | None:
+    """Why a write/read/loader case is left out of this run, or None. The default run keeps
+    near 10 minutes on 2 cores: at the largest M it runs uint8 and topk at the largest size
+    and float32 (a >= 1 GB case without quantisation) and topk at the smallest; the
+    quantising encodings cost about 2-3.5 ms per image to encode at K = 1,000."""
+    if args.full or args.quick or args.all_encodings or len(p["ms"]) < 2 or m < max(p["ms"]):
+        return None
+    keep = {"topk"} | ({"uint8"} if size == max(p["sizes"]) else set()) | (
+        {"float32"} if size == min(p["sizes"]) else set())
+    if enc in keep:
+        return None
+    return (f"{size} px, M = {m:,}, {enc}: left out of the default run for time (at the largest M it runs "
+            f"uint8 + topk at {max(p['sizes'])} px, float32 + topk at {min(p['sizes'])} px; "
+            "--all-encodings or --full runs every one)")
 
 
 def main(argv=None) -> int:
@@ -528,8 +572,9 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="also cProfile one write / read / verify")
     ap.add_argument("--workdir", type=Path, default=None, help="where containers go (default: a temp dir)")
     ap.add_argument("--wait", type=float, default=300, help="seconds to wait for load < 1.0 at the start")
-    ap.add_argument("--case-wait", type=float, default=30,
+    ap.add_argument("--case-wait", type=float, default=15,
                     help="seconds to wait before a case while other processes keep > 0.6 cores busy")
+    ap.add_argument("--total-case-wait", type=float, default=120, help="cap on all cases' waits together")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.md")
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -551,7 +596,6 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown encodings {sorted(unknown)}")
     skip = set(filter(None, args.skip.split(",")))
-    limits = _limit(args)
     started = datetime.datetime.now().astimezone()
     print("waiting for a quiet machine (1-minute load average < 1.0) ...", flush=True)
     load0, waited = wait_for_quiet(args.wait)
@@ -561,7 +605,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "torch": torch.__version__, "zarr": zarr.__version__,
         "numpy": np.__version__, "ladd_format": ladd_format.__version__, "device": device,
         "torch_threads": torch.get_num_threads(), "load_start": load0, "waited_s": waited,
-        "k": k, "plan": p, "limits": limits,
+        "k": k, "plan": p,
     }
     print(f"{info['machine']}; torch {torch.__version__}, zarr {zarr.__version__}, numpy {np.__version__}; "
           f"load {load0:.2f} after {waited:.0f} s", flush=True)
@@ -574,9 +618,9 @@ def main(argv=None) -> int:
             for size in p["sizes"]:
                 for m in p["ms"]:
                     for enc in encodings:
-                        if m > limits.get(enc, m):
-                            skipped.append(f"{size} px, M = {m:,}, {enc}: default run limits {enc} to "
-                                           f"M <= {limits[enc]:,} for time (--all-encodings or --full runs it)")
+                        why = _not_run(args, p, size, m, enc)
+                        if why:
+                            skipped.append(why)
                             continue
                         specs = _stored_specs(m, size, k, enc)
                         need = 2 * sum(_nbytes(s) for s in specs.values()) + 2 * GiB
@@ -602,26 +646,20 @@ def main(argv=None) -> int:
             runner.run("profile", {"path": str(work / "profile.ladd"), "m": m, "size": size, "k": k,
                                    "encoding": "uint8", "batch": args.batch})
         if "label" not in skip:
-            for model in ("convnet", "resnet18"):
-                for size in p["label_sizes"]:
-                    n = p["label_images"] if model == "convnet" or size <= 64 or args.full else max(
-                        2, p["label_images"] // 2)
-                    runner.run("label", {"path": str(work / "label.ladd"), "model": model, "size": size, "k": k,
-                                         "images": n, "batch": p["label_batch"], "repeats": p["repeats"],
-                                         "device": device})
+            for model, size, n, b, repeats in p["label"]:
+                runner.run("label", {"path": str(work / "label.ladd"), "model": model, "size": size, "k": k,
+                                     "images": n, "batch": b, "repeats": repeats, "device": device})
         if "augment" not in skip:
-            aug_enc = "topk" if "topk" in ENCODINGS else encodings[0]
-            for size in p["sizes"]:
+            from ladd_format.labeler import crops_per_pass
+
+            for size in p["augment_sizes"]:  # the pipeline's memory as M grows: the stand-in labeler
                 for m in p["ms"]:
                     runner.run("augment", {"path": str(work / "aug.ladd"), "model": "standin", "size": size,
-                                           "m": m, "k": k, "encoding": aug_enc, "batch": None, "device": device})
-            for size in p["label_sizes"]:  # the zoo ConvNet at the library's default crops per pass
-                import torch as _t
-
-                from ladd_format.labeler import crops_per_pass
-
-                per_pass = crops_per_pass((min(size, 128),) * 2, _t.device(device))
-                m = max(2, -(-per_pass // CROPS)) if not args.quick else 2
+                                           "m": m, "k": k, "encoding": "topk", "batch": None, "device": device})
+            for size in sorted({c[1] for c in p["label"] if c[0] == "convnet"}):
+                # the zoo ConvNet at the library's default crops per pass: one full pass and a bit
+                per_pass = crops_per_pass((min(size, 128),) * 2, torch.device(device))
+                m = 2 if args.quick else per_pass // CROPS + 1
                 runner.run("augment", {"path": str(work / "aug.ladd"), "model": "convnet", "size": size, "m": m,
                                        "k": k, "encoding": "uint8", "batch": None, "device": device})
     finally:
@@ -672,6 +710,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _est(r: dict) -> str:
+    if "encode_est_s" not in r:
+        return "-"
+    return f"{r['check_est_s']:.2f} + {r['encode_est_s']:.2f}"
+
+
 def _results(log: list[dict], kind: str) -> list[tuple[dict, dict, dict]]:
     return [(e["spec"], e["result"], e) for e in log if e["kind"] == kind and "result" in e]
 
@@ -693,10 +737,8 @@ def report(info: dict, log: list[dict], skipped: list[str]) -> str:
            "stored dtypes before compression (what np.save writes); *on disk* is after zstd. Every case runs in "
            "a fresh process; peak RSS is that process's VmHWM. Reads run with a warm page cache on both sides "
            "(the files were just written). MB = 10^6 B, MiB = 2^20 B.", ""]
-    if info["limits"]:
-        out += ["Default limits: " + ", ".join(f"{e} up to M = {v:,}" for e, v in info["limits"].items())
-                + " (the float32 container of 16,000 images holds 1.6 GB of dense labels; `--all-encodings` "
-                "or `--full` lifts this).", ""]
+    if skipped:
+        out += [f"Not run: {len(skipped)} cases (listed at the end).", ""]
 
     # write ------------------------------------------------------------------------------
     writes = _results(log, "write")
@@ -707,16 +749,19 @@ def report(info: dict, log: list[dict], skipped: list[str]) -> str:
         logical = spec["m"] * (spec["size"] ** 2 * 3 + 8 + CROPS * k * 4)
         ratio = r["write_s"] / r["baseline_s"]
         rows.append([spec["size"], f"{spec['m']:,}", spec["encoding"], _mb(logical), _mb(stored), _mb(r["on_disk"]),
-                     f"{r['write_s']:.2f}", f"{stored / r['write_s'] / 1e6:,.0f}", f"{logical / r['write_s'] / 1e6:,.0f}",
+                     f"{r['write_s']:.2f}", _est(r), f"{stored / r['write_s'] / 1e6:,.0f}",
+                     f"{logical / r['write_s'] / 1e6:,.0f}",
                      f"{r['baseline_s']:.2f} ({r['npsave_s']:.2f} + {r['sha256_s']:.2f} + {r['fsync_s']:.2f})",
                      f"{ratio:.2f}x", _mib(r["peak_rss"])])
         key = (spec["size"], spec["encoding"])
-        growth_src.setdefault(("write s", key), []).append((spec["m"], r["write_s"]))
-        growth_src.setdefault(("write peak RSS", key), []).append((spec["m"], r["peak_rss"]))
+        growth_src.setdefault(("write", "s", key), []).append((spec["m"], r["write_s"]))
+        growth_src.setdefault(("write peak RSS", "MiB", key), []).append((spec["m"], r["peak_rss"]))
     out += ["## Write (`Writer`, 256 images per append)", "",
             "Baseline: the same stored arrays streamed chunk by chunk into .npy files (np.save's format) + sha256 "
-            "of those bytes + fsync (write + sha256 + fsync seconds in brackets).", "",
-            _table(["px", "M", "encoding", "logical MB", "stored MB", "on disk MB", "write s", "MB/s stored",
+            "of those bytes + fsync (write + sha256 + fsync seconds in brackets). *Validate + encode* is an "
+            "estimate: the writer's checks and the encoding timed apart on one batch, times M / 256.", "",
+            _table(["px", "M", "encoding", "logical MB", "stored MB", "on disk MB", "write s",
+                    "of which validate + encode s", "MB/s stored",
                     "MB/s logical", "baseline s", "write / baseline", "peak RSS MiB"], rows), ""]
 
     # read -------------------------------------------------------------------------------
@@ -728,8 +773,8 @@ def report(info: dict, log: list[dict], skipped: list[str]) -> str:
                      f"{r['read_s'] / r['npload_s']:.2f}x", f"{r['openv_s']:.3f}", f"{r['readv_s']:.3f}",
                      f"{r['readv_s'] / r['npload_s']:.2f}x", dec])
         key = (spec["size"], spec["encoding"])
-        growth_src.setdefault(("read s (verify off)", key), []).append((spec["m"], r["read_s"]))
-        growth_src.setdefault(("open(verify=True) s", key), []).append((spec["m"], r["openv_s"]))
+        growth_src.setdefault(("read (verify off)", "s", key), []).append((spec["m"], r["read_s"]))
+        growth_src.setdefault(("open(verify=True)", "s", key), []).append((spec["m"], r["openv_s"]))
     out += ["## Read", "",
             "*read* = `open(verify=False)` + `np.asarray(ds.images)` + every stored dense array (`ds._arrays[name][:]`, "
             "undecoded); *read, verify on* = `open(verify=True)` (hashes every array) + the same reads; *decode* = "
@@ -750,8 +795,8 @@ def report(info: dict, log: list[dict], skipped: list[str]) -> str:
                      f"{r['batch_s']:.2f}", _mib(held) + dev, f"{held / data:.3f}", _mib(r["batch_bytes"]),
                      _mib(grown), f"{(grown - r['batch_bytes']) / data:.2f}"])
         key = (spec["size"], spec["encoding"])
-        growth_src.setdefault(("loader start-up s", key), []).append((spec["m"], r["startup_s"]))
-        growth_src.setdefault(("loader peak RSS growth", key), []).append((spec["m"], grown))
+        growth_src.setdefault(("loader start-up", "s", key), []).append((spec["m"], r["startup_s"]))
+        growth_src.setdefault(("loader peak RSS growth", "MiB", key), []).append((spec["m"], grown))
     batch = next((s["batch"] for s, _, _ in _results(log, "loader")), 32)
     out += [f"## DeviceLoader (batch of {batch} images, all 25 crops, no DSA)", "",
             "*stored* = images + dense arrays in their stored dtypes (uncompressed); *held* = `loader.memory()` "
@@ -789,7 +834,7 @@ def report(info: dict, log: list[dict], skipped: list[str]) -> str:
                      f"{r['seconds']:.1f}", _mib(r["images_bytes"]), _mib(dense), _mib(budget),
                      _mib(r["rss_ready"]), _mib(r["peak_rss"]), f"{r['peak_rss'] / budget:.2f}"])
         if spec["model"] == "standin":
-            growth_src.setdefault(("augment peak RSS", (spec["size"], spec["encoding"])), []).append(
+            growth_src.setdefault(("augment peak RSS", "MiB", (spec["size"], spec["encoding"])), []).append(
                 (spec["m"], r["peak_rss"]))
     out += ["## Labeling + writing: peak RSS of `augment`", "",
             "Images are held in memory (uint8), as `augment` takes them; *budget* = images + stored dense bytes + "
@@ -801,18 +846,25 @@ def report(info: dict, log: list[dict], skipped: list[str]) -> str:
 
     # growth -----------------------------------------------------------------------------
     rows = []
-    for (figure, (size, enc)), series in growth_src.items():
+    for (figure, unit, (size, enc)), series in growth_src.items():
         series = sorted(series)
         if len(series) < 2:
             continue
         steps = [f"{b[1] / a[1]:.2f}x (M x{b[0] / a[0]:.0f})" if a[1] > 0 else "-" for a, b in zip(series, series[1:])]
-        unit = 1 if figure.endswith(" s") else MiB
-        values = " -> ".join((f"{v:.2f}" if unit == 1 else f"{v / unit:,.0f}") for _, v in series)
-        rows.append([figure + ("" if unit == 1 else " MiB"), size, enc,
+        values = " -> ".join((f"{v:.2f}" if unit == "s" else f"{v / MiB:,.0f}") for _, v in series)
+        rows.append([f"{figure} ({unit})", size, enc,
                      " -> ".join(f"{m:,}" for m, _ in series), values, ", ".join(steps)])
     out += ["## Growth with M", "",
             "Ratio of each figure between consecutive M: linear growth shows the M ratio (x4), flat shows x1.", "",
             _table(["figure", "px", "encoding", "M", "values", "step ratios"], rows), ""]
+
+    # profile ----------------------------------------------------------------------------
+    for spec, r, _ in _results(log, "profile"):
+        out += [f"## Profile: {spec['size']} px, M = {spec['m']:,}, {spec['encoding']} (cProfile, main thread)", "",
+                "zarr runs chunk encoding, decoding and file I/O on its own event-loop thread: the main thread "
+                "waits for it in `threading.py:wait` / `lock.acquire`, so that row is zarr's share.", ""]
+        for name, part in r.items():
+            out += [f"{name}: {part['seconds']:.2f} s", "", "```", *part["top"], "```", ""]
 
     # goals ------------------------------------------------------------------------------
     out += ["## Goals", "", _table(["goal", "verdict", "measured", "why / where"], goals(log, k, aug_ratios)), ""]
@@ -830,18 +882,27 @@ def report(info: dict, log: list[dict], skipped: list[str]) -> str:
 
 
 def goals(log: list[dict], k: int, aug_ratios) -> list[list[str]]:
+    """Rows of the goals table: goal, verdict, measured ratios, why where not met."""
     rows = []
+
+    def verdict(flags: list[bool]) -> str:
+        return "met" if all(flags) else f"NOT met ({len(flags) - sum(flags)} of {len(flags)} cases over)"
+
     # 1. labeling + writing
     if aug_ratios:
-        worst = max(aug_ratios, key=lambda t: t[0])
-        ratio, spec, r = worst
-        met = all(t[0] <= 1 for t in aug_ratios)
+        ratio, spec, r = max(aug_ratios, key=lambda t: t[0])
         bad = [t for t in aug_ratios if t[0] > 1]
-        why = ("" if met else "; ".join(
-            f"{s['model']} {s['size']} px M={s['m']:,}: {_mib(x['peak_rss'])} MiB at {x['crops_per_pass']} crops/pass"
-            for _, s, x in bad[:3]))
-        rows.append(["labeling + writing: peak RSS <= images + stored dense + 1 GiB", "met" if met else "NOT met",
-                     f"worst {ratio:.2f} of budget ({spec['model']}, {spec['size']} px, M = {spec['m']:,})", why])
+        why = "; ".join(
+            f"{s['model']} {s['size']} px, M = {s['m']:,}: {_mib(x['peak_rss'])} MiB with {x['crops_per_pass']} "
+            "crops per forward pass (crops_per_pass budgets input pixels, not the network's activations)"
+            for _, s, x in bad[:3])
+        fine = [t for t in aug_ratios if t[0] <= 1]
+        measured = f"worst {ratio:.2f} of budget ({spec['model']}, {spec['size']} px, M = {spec['m']:,})"
+        if fine:
+            best = max(fine, key=lambda t: t[0])
+            measured += f"; within budget: up to {best[0]:.2f} ({best[1]['model']}, M = {best[1]['m']:,})"
+        rows.append(["labeling + writing: peak RSS <= images + stored dense + 1 GiB",
+                     verdict([t[0] <= 1 for t in aug_ratios]), measured, why])
     # 2. loader
     ratios = []
     for e in log:
@@ -850,62 +911,65 @@ def goals(log: list[dict], k: int, aug_ratios) -> list[list[str]]:
             data = r["stored"]["images"] + sum(v for n, v in r["stored"].items() if n not in ("images", "labels"))
             grown = r["peak_rss"] - r["rss_import"]
             held = sum(r["held"]["device"].values()) + sum(r["held"]["host"].values())
-            ratios.append(((grown - r["batch_bytes"]) / data, held / data, s))
+            ratios.append(((grown - r["batch_bytes"]) / data, held / data, s, grown - r["batch_bytes"] - held))
     if ratios:
         worst = max(ratios, key=lambda t: t[0])
-        met = worst[0] <= 1.1
-        held_worst = max(t[1] for t in ratios)
         s = worst[2]
-        rows.append(["DeviceLoader: memory <= 1.1 x stored images + dense + one batch", "met" if met else "NOT met",
-                     f"RSS: worst {worst[0]:.2f}x ({s['size']} px, M = {s['m']:,}, {s['encoding']}); "
-                     f"loader.memory(): worst {held_worst:.3f}x",
-                     "" if met else "peak RSS growth beyond the held arrays: see the loader table"])
+        over = [t for t in ratios if t[0] > 1.1]
+        why = ""
+        if over:
+            extra = sorted(t[3] for t in ratios)
+            why = (f"RSS beyond the held arrays and the batch: {_mib(extra[0])} to {_mib(extra[-1])} MiB "
+                   f"(median {_mib(extra[len(extra) // 2])}), so it weighs most where little is stored; "
+                   f"over at: " + ", ".join(f"{t[2]['size']} px/{t[2]['m']:,}/{t[2]['encoding']} {t[0]:.2f}x"
+                                            for t in over[:6]) + ("..." if len(over) > 6 else ""))
+        rows.append(["DeviceLoader: memory <= 1.1 x stored images + dense + one batch",
+                     verdict([t[0] <= 1.1 for t in ratios]),
+                     f"peak RSS growth: worst {worst[0]:.2f}x ({s['size']} px, M = {s['m']:,}, {s['encoding']}), "
+                     f"best {min(t[0] for t in ratios):.2f}x; loader.memory(): {min(t[1] for t in ratios):.3f}x to "
+                     f"{max(t[1] for t in ratios):.3f}x", why])
     # 3. read / write with >= 1 GB
-    big_w = [(e["spec"], e["result"]) for e in log if e["kind"] == "write" and "result" in e
-             and sum(e["result"]["stored"].values()) >= 1e9]
-    big_r = [(e["spec"], e["result"]) for e in log if e["kind"] == "read" and "result" in e
-             and sum(_nbytes(v) for v in _stored_specs(e["spec"]["m"], e["spec"]["size"], k,
-                                                        e["spec"]["encoding"]).values()) >= 1e9]
+    def big(kind):
+        return [(e["spec"], e["result"]) for e in log if e["kind"] == kind and "result" in e and
+                sum(_nbytes(v) for v in _stored_specs(e["spec"]["m"], e["spec"]["size"], k,
+                                                      e["spec"]["encoding"]).values()) >= 1e9]
+
     for label, items, key, base, limit in (
-            ("read (verify off) <= 2 x np.load, >= 1 GB", big_r, "read_s", "npload_s", 2.0),
-            ("read, verify on <= 3 x np.load, >= 1 GB", big_r, "readv_s", "npload_s", 3.0),
-            ("write <= 2 x (np.save + fsync + sha256), >= 1 GB", big_w, "write_s", "baseline_s", 2.0)):
+            ("read (verify off) <= 2 x np.load, >= 1 GB", big("read"), "read_s", "npload_s", 2.0),
+            ("read, verify on <= 3 x np.load, >= 1 GB", big("read"), "readv_s", "npload_s", 3.0),
+            ("write <= 2 x (np.save + fsync + sha256), >= 1 GB", big("write"), "write_s", "baseline_s", 2.0)):
         if not items:
             rows.append([label, "not measured", "no case with >= 1 GB of stored data", "run with larger M"])
             continue
-        vals = [(r[key] / r[base], s) for s, r in items]
-        worst = max(vals, key=lambda t: t[0])
-        met = worst[0] <= limit
-        s = worst[1]
-        cases = ", ".join(f"{s['size']} px/{s['m']:,}/{s['encoding']} {v:.2f}x" for v, s in vals)
-        rows.append([label, "met" if met else "NOT met", f"worst {worst[0]:.2f}x ({cases})",
-                     "" if met else _why(label, s, log)])
+        vals = [(r[key] / r[base], s, r) for s, r in items]
+        cases = ", ".join(f"{s['size']} px/{s['m']:,}/{s['encoding']} {v:.2f}x" for v, s, _ in vals)
+        why = "; ".join(_why(label, s, r) for v, s, r in vals if v > limit)
+        rows.append([label, verdict([v <= limit for v, _, _ in vals]), cases, why])
     # 4. labeling throughput
     vals = [(e["result"]["label_crops_per_s"] / e["result"]["bare_crops_per_s"], e["spec"])
             for e in log if e["kind"] == "label" and "result" in e]
     if vals:
-        worst = min(vals, key=lambda t: t[0])
-        met = worst[0] >= 0.9
         cases = ", ".join(f"{s['model']} {s['size']} px {v:.2f}" for v, s in vals)
-        rows.append(["labeling >= 90% of the bare forward", "met" if met else "NOT met",
-                     f"worst {worst[0]:.2f} ({cases})", "" if met else "see the labeling table"])
+        rows.append(["labeling >= 90% of the bare forward", verdict([v >= 0.9 for v, _ in vals]), cases,
+                     "" if all(v >= 0.9 for v, _ in vals) else
+                     "cutting + resizing + normalising the crops and the softmax run outside the network, "
+                     "on the same cores"])
     return rows
 
 
-def _why(label: str, spec: dict, log: list[dict]) -> str:
-    """One line on where the time goes, from the same case's split."""
-    for e in log:
-        if e["spec"] is spec or e["spec"] == spec:
-            r = e.get("result", {})
-            if label.startswith("write"):
-                return (f"write {r['write_s']:.1f} s vs baseline {r['baseline_s']:.1f} s; the encoding and the "
-                        "per-chunk zstd + sha256 run on one thread (profile with --profile)")
-            if "verify" in label:
-                return (f"open(verify=True) alone {r['openv_s']:.2f} s: every array is decoded and hashed, then "
-                        "read again")
-            return (f"images {r['images_s']:.2f} s + stored dense {r['stored_dense_s']:.2f} s vs np.load "
-                    f"{r['npload_s']:.2f} s: zstd decode + zarr's chunk assembly")
-    return ""
+def _why(label: str, spec: dict, r: dict) -> str:
+    """One line on where the time goes in a case that misses a goal."""
+    where = f"{spec['size']} px/{spec['m']:,}/{spec['encoding']}"
+    if label.startswith("write"):
+        enc = r.get("encode_est_s")
+        split = f", of which encoding about {enc:.1f} s and validation {r.get('check_est_s', 0):.1f} s" if enc else ""
+        return (f"{where}: write {r['write_s']:.1f} s{split}, vs np.save {r['npsave_s']:.1f} + sha256 "
+                f"{r['sha256_s']:.1f} + fsync {r['fsync_s']:.1f} s; zstd and the chunk writes run on zarr's thread")
+    if "verify" in label:
+        return (f"{where}: open(verify=True) alone {r['openv_s']:.2f} s (decodes and hashes every array), then "
+                f"the arrays are read again ({r['readv_s'] - r['openv_s']:.2f} s)")
+    return (f"{where}: images {r['images_s']:.2f} s + stored dense {r['stored_dense_s']:.2f} s vs np.load "
+            f"{r['npload_s']:.2f} s (zstd decode + zarr's chunk assembly)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,12 +60,25 @@ def open_store(location: str | os.PathLike[str]) -> Store:
 
 
 def array_digest(array: object, rows_per_block: int) -> str:
-    """sha256 of an array's logical content: C order, little-endian, block by block."""
+    """sha256 of an array's logical content: C order, little-endian, block by block.
+
+    The next block is read (zarr decodes its chunks on its own threads) while this one is
+    hashed (hashlib releases the GIL), so reading and hashing overlap.
+    """
     h = hashlib.sha256()
-    n = int(array.shape[0])  # type: ignore[attr-defined]
-    for start in range(0, n, max(1, rows_per_block)):
-        block = np.asarray(array[start:start + rows_per_block])  # type: ignore[index]
-        h.update(np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).view(np.uint8))
+    n, step = int(array.shape[0]), max(1, rows_per_block)  # type: ignore[attr-defined]
+
+    def read(start: int) -> np.ndarray:
+        block = np.asarray(array[start:start + step])  # type: ignore[index]
+        return np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<"))
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read, 0) if n else None
+        for start in range(0, n, step):
+            block = pending.result()  # type: ignore[union-attr]
+            if start + step < n:
+                pending = reader.submit(read, start + step)
+            h.update(block.view(np.uint8).reshape(-1))
     return h.hexdigest()
 
 

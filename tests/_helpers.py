@@ -6,6 +6,8 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from ladd_format.manifest import manifest_digest
 
 
@@ -39,3 +41,14 @@ def zip_dir(source: Path, target: Path) -> Path:
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+def synthetic_source(train: int, test: int):
+    """A 28x28x1, 10-class source of noisy class prototypes: learnable in a few epochs."""
+    from ladd_format import sources
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(train + test) % 10
+    proto = rng.integers(0, 256, (10, 28, 28, 1))
+    images = np.clip(proto[labels] + rng.normal(0, 40, (train + test, 28, 28, 1)), 0, 255).astype(np.uint8)
+    return sources.from_arrays("synthetic", images[:train], labels[:train], images[train:], labels[train:])

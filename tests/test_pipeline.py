@@ -23,6 +23,8 @@ from ladd_format.sampler import UniformSampler
 from ladd_format.show import render
 from ladd_format.train import MODES, cross_architecture, evaluate, ladd_loss, train
 
+from _helpers import synthetic_source
+
 
 @pytest.fixture(scope="module")
 def source():
@@ -36,11 +38,7 @@ def source():
                                    full.test_images[te], full.test_labels[te], class_names=full.class_names,
                                    mean=full.mean, std=full.std)
     except sources.SourceNotFoundError:
-        rng = np.random.default_rng(0)
-        labels = np.arange(900) % 10
-        proto = rng.integers(0, 256, (10, 28, 28, 1))
-        images = np.clip(proto[labels] + rng.normal(0, 40, (900, 28, 28, 1)), 0, 255).astype(np.uint8)
-        return sources.from_arrays("synthetic", images[:600], labels[:600], images[600:], labels[600:])
+        return synthetic_source(600, 300)
 
 
 @pytest.fixture(scope="module")

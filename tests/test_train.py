@@ -17,14 +17,12 @@ from ladd_format.labeler import LabelerError, augment, load_labeler, train_label
 from ladd_format.presets import PRESETS, get_preset
 from ladd_format.train import cross_architecture, train
 
+from _helpers import synthetic_source
+
 
 @pytest.fixture(scope="module")
 def source():
-    rng = np.random.default_rng(0)
-    labels = np.arange(300) % 10
-    proto = rng.integers(0, 256, (10, 28, 28, 1))
-    images = np.clip(proto[labels] + rng.normal(0, 40, (300, 28, 28, 1)), 0, 255).astype(np.uint8)
-    return sources.from_arrays("synthetic", images[:200], labels[:200], images[200:], labels[200:])
+    return synthetic_source(200, 100)
 
 
 @pytest.fixture(scope="module")
