@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import copy
+import json
+import math
 import os
-import zipfile
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,11 +17,39 @@ import zarr
 from zarr.abc.store import Store
 
 from ._encodings import Encoding, get_encoding
-from ._store import array_digest, open_store, rows_per_block
-from .errors import IncompleteContainerError, IntegrityError, InvalidInputError, LaddError, SchemaError, VersionError
-from .manifest import ATTRIBUTE_KEY, FORMAT_NAME, FORMAT_VERSION, Manifest, manifest_digest, parse_manifest
+from ._store import BoundedStore, ChunkCodec, array_digest, open_store, read_key, rows_per_block
+from .errors import (
+    IncompleteContainerError,
+    IntegrityError,
+    InvalidInputError,
+    LaddError,
+    LimitExceededError,
+    SchemaError,
+    VersionError,
+)
+from .manifest import (
+    ATTRIBUTE_KEY,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    VERSION_PATTERN,
+    Manifest,
+    manifest_digest,
+    parse_manifest,
+)
 
 SUPPORTED_MAJOR = int(FORMAT_VERSION.split(".")[0])
+
+# Limits on what a container may declare for what it stores (SPEC.md section 12): checked
+# before any chunk is read, so that work and memory follow the stored bytes.
+MAX_METADATA_BYTES = 1 << 22
+"""A zarr.json larger than 4 MiB is refused unread."""
+MAX_CHUNK_BYTES = 1 << 28
+"""A chunk may decode to at most 256 MiB."""
+FREE_ARRAY_BYTES = 1 << 26
+"""An array may decode to 64 MiB whatever it stores; beyond that, to at most ..."""
+MAX_EXPANSION = 1 << 10
+"""... 1024 times the bytes its chunks occupy (about gzip's ceiling)."""
+INTEGER_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
 
 class LazyArray:
@@ -75,15 +106,16 @@ class LaddDataset:
     """An open container. Arrays are read lazily; labels are small and read at open."""
 
     def __init__(self, store: Store, manifest: Manifest, arrays: dict[str, zarr.Array], location: str,
-                 encoding: Encoding) -> None:
+                 encoding: Encoding, sizes: dict[str, int]) -> None:
         self._store = store
         self._arrays = arrays
+        self._sizes = sizes
         self.manifest = manifest
         self.location = location
         self.encoding = encoding
         self._rows: np.ndarray | None = None  # a view's rows of the container; None: all of them
         m = manifest
-        readers = {name: _zarr_reader(a) for name, a in arrays.items()}
+        self._readers = readers = {name: _zarr_reader(a, location) for name, a in arrays.items()}
         self.images = LazyArray(readers["images"], tuple(arrays["images"].shape), np.uint8)
         self.labels = readers["labels"](slice(None)).astype(np.int64)
         decode = encoding.decoder(readers)
@@ -137,7 +169,7 @@ class LaddDataset:
         out = {}
         for name in self.encoding.dimension_names():
             array = self._arrays[name]
-            whole = LazyArray(_zarr_reader(array), tuple(array.shape), array.dtype)
+            whole = LazyArray(self._readers[name], tuple(array.shape), array.dtype)
             out[name] = whole if self._rows is None else _follow(whole, self._rows)
         return out
 
@@ -176,21 +208,14 @@ class LaddDataset:
         return np.concatenate([self.class_indices(c)[:ipc] for c in range(self.num_classes)])
 
     def stored_bytes(self) -> dict[str, int]:
-        """Bytes each array occupies in the store (chunks and metadata, after compression).
-
-        A zip's sizes come from its central directory, so nothing is read or decompressed.
-        """
-        if isinstance(self._store, zarr.storage.ZipStore):
-            with zipfile.ZipFile(self._store.path) as zf:
-                sizes = [(info.filename, info.file_size) for info in zf.infolist()]
-            return {name: sum(size for key, size in sizes if key.startswith(f"{name}/")) for name in self._arrays}
-        try:
-            return {name: int(a.nbytes_stored()) for name, a in self._arrays.items()}
-        except Exception as exc:  # an unreadable store entry
-            raise IntegrityError(f"{self.location}: cannot measure the stored arrays: {exc}") from None
+        """Bytes each array occupies in the store (chunks and metadata, after compression),
+        from the listing made at open (a zip's central directory): nothing is read."""
+        return {name: sum(size for key, size in self._sizes.items() if key.startswith(f"{name}/"))
+                for name in self._arrays}
 
     def verify(self) -> None:
-        """Recompute every array's sha256 and compare it with the manifest.
+        """Recompute every array's sha256 and compare it with the manifest (stored floats must
+        also be finite).
 
         The arrays are hashed concurrently, each reading its next block while hashing the
         current one, so verification uses the machine's cores.
@@ -206,12 +231,9 @@ class LaddDataset:
 
     def _digest(self, name: str) -> str:
         array = self._arrays[name]
-        try:
-            return array_digest(array, rows_per_block(array.shape, array.dtype.itemsize))
-        except LaddError:
-            raise
-        except Exception as exc:  # a corrupted chunk fails inside the codec pipeline
-            raise IntegrityError(f"{self.location}: array {name!r} cannot be decoded: {exc}") from None
+        whole = LazyArray(self._readers[name], tuple(array.shape), array.dtype)
+        rows = array.chunks[0]  # whole chunks a block, so that each chunk is decoded once
+        return array_digest(whole, max(rows, rows_per_block(array.shape, array.dtype.itemsize) // rows * rows))
 
     def close(self) -> None:
         self._store.close()
@@ -230,25 +252,28 @@ def open(location: str | os.PathLike[str], *, verify: bool = True) -> LaddDatase
     recomputes every array digest (reads every byte once).
     """
     where = os.fspath(location)
-    store = open_store(location)
+    store, sizes = open_store(location)
     try:
-        dataset = _open(store, where)
+        dataset = _open(store, sizes, where)
         if verify:
             dataset.verify()
     except BaseException:
-        store.close()
+        try:
+            store.close()
+        except Exception:  # the error being raised is the one that matters
+            pass
         raise
     return dataset
 
 
-def _open(store: Store, where: str) -> LaddDataset:
-    try:
-        group = zarr.open_group(store, mode="r", zarr_format=3)
-    except (FileNotFoundError, KeyError) as exc:
-        raise IncompleteContainerError(f"{where}: no Zarr v3 group metadata (zarr.json): {exc}") from None
-    except Exception as exc:
-        raise SchemaError(f"{where}: root zarr.json is unreadable: {exc}") from None
-    body = group.attrs.asdict().get(ATTRIBUTE_KEY)
+def _open(store: Store, sizes: dict[str, int], where: str) -> LaddDataset:
+    """Section 7 of the spec, with every size checked against what is stored before zarr
+    (which trusts declared shapes) sees the arrays."""
+    root = _read_json(store, sizes, "zarr.json", where)
+    if not isinstance(root, dict) or root.get("zarr_format") != 3 or root.get("node_type") != "group":
+        raise SchemaError(f"{where}: the root zarr.json is not Zarr v3 group metadata")
+    attributes = root.get("attributes", {})
+    body = attributes.get(ATTRIBUTE_KEY) if isinstance(attributes, dict) else None
     if body is None:
         raise IncompleteContainerError(f"{where}: no manifest (attribute {ATTRIBUTE_KEY!r}); the writer did not finish")
     _check_version(body, where)
@@ -265,64 +290,174 @@ def _open(store: Store, where: str) -> LaddDataset:
     }
     if set(manifest.arrays) != set(expected):
         raise SchemaError(f"{where}: manifest lists arrays {sorted(manifest.arrays)}, expected {sorted(expected)}")
-    arrays = {name: _open_array(group, name, manifest, dtype, shape, where)
-              for name, (dtype, shape) in expected.items()}
-    dataset = LaddDataset(store, manifest, arrays, where, encoding)
+    metadata, chunk_codecs = {}, {}
+    for name, (dtype, shape) in expected.items():
+        meta = _read_json(store, sizes, f"{name}/zarr.json", where, missing=f"array {name!r} is missing")
+        chunk_codecs[name] = _check_array(meta, name, manifest, dtype, shape, sizes, where)
+        metadata[f"{name}/zarr.json"] = json.dumps({**meta, "codecs": meta["codecs"][:1]}).encode()
+    bounded = BoundedStore(store, metadata=metadata, codecs=chunk_codecs, where=where)
+    try:
+        arrays = {name: zarr.open_array(bounded, path=name, mode="r", zarr_format=3) for name in expected}
+    except Exception as exc:  # zarr's own checks of the metadata
+        raise SchemaError(f"{where}: array metadata (zarr.json) that zarr refuses: {exc}") from None
+    dataset = LaddDataset(bounded, manifest, arrays, where, encoding, sizes)
     labels = dataset.labels
     if labels.size and (labels.min() < 0 or labels.max() >= manifest.num_classes):
         raise SchemaError(f"{where}: hard labels outside [0, {manifest.num_classes})")
     return dataset
 
 
+def _read_json(store: Store, sizes: dict[str, int], key: str, where: str, *,
+               missing: str = "no Zarr v3 group metadata (zarr.json)") -> Any:
+    """A metadata document: at most MAX_METADATA_BYTES of UTF-8 JSON without a byte-order
+    mark, duplicate member names or non-finite numbers, which readers would disagree on."""
+    if key not in sizes:
+        raise IncompleteContainerError(f"{where}: {missing}")
+    if sizes[key] > MAX_METADATA_BYTES:
+        raise LimitExceededError(f"{where}: {key} is {sizes[key]} bytes, more than the {MAX_METADATA_BYTES} "
+                                 "a metadata document may take")
+    try:
+        data = read_key(store, key, MAX_METADATA_BYTES)
+    except Exception as exc:  # a damaged entry, or one that vanished since the listing
+        raise IntegrityError(f"{where}: {key} cannot be read: {exc}") from None
+    if data is None or len(data) > MAX_METADATA_BYTES:
+        raise IntegrityError(f"{where}: {key} changed while the container was opened")
+    if data.startswith(codecs.BOM_UTF8):
+        raise SchemaError(f"{where}: {key} starts with a byte-order mark; metadata is UTF-8 without one")
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members,
+                          parse_constant=_no_constant, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise SchemaError(f"{where}: {key} is not UTF-8 (metadata is UTF-8 JSON)") from None
+    except (ValueError, RecursionError) as exc:
+        raise SchemaError(f"{where}: {key} is not valid JSON: {exc}") from None
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in members:
+            raise ValueError(f"member {key!r} appears twice in one object")
+        members[key] = value
+    return members
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond binary64")
+    return value
+
+
 def _check_version(body: Any, where: str) -> None:
     if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
         raise SchemaError(f"{where}: not a LADD manifest (format={body.get('format') if isinstance(body, dict) else body!r})")
     version = body.get("format_version")
-    try:
-        major = int(str(version).split(".")[0])
-    except ValueError:
-        raise SchemaError(f"{where}: format_version {version!r} is not MAJOR.MINOR") from None
-    if major > SUPPORTED_MAJOR:
+    if not isinstance(version, str) or not re.fullmatch(VERSION_PATTERN, version):
+        raise SchemaError(f"{where}: format_version {version!r} is not MAJOR.MINOR (such as \"1.2\", no leading "
+                          "zeros, major 1 or later)")
+    if int(version.split(".")[0]) > SUPPORTED_MAJOR:
         raise VersionError(
             f"{where}: container format {version} is newer than this reader, which reads "
             f"{SUPPORTED_MAJOR}.x; upgrade ladd_format to open it")
 
 
-def _open_array(group: zarr.Group, name: str, manifest: Manifest, dtype: str | None,
-                shape: tuple[int, ...], where: str) -> zarr.Array:
-    try:
-        array = group[name]
-    except KeyError:
-        raise IncompleteContainerError(f"{where}: array {name!r} is missing") from None
-    except Exception as exc:  # zarr raises JSON, Unicode and metadata errors of many types
-        raise SchemaError(f"{where}: array {name!r} has unreadable metadata (zarr.json): {exc}") from None
-    if not isinstance(array, zarr.Array):
-        raise SchemaError(f"{where}: {name!r} is a group, expected an array")
+def _check_array(meta: Any, name: str, manifest: Manifest, dtype: str | None, shape: tuple[int, ...],
+                 sizes: dict[str, int], where: str) -> ChunkCodec:
+    """Check one array's zarr.json against the manifest and section 2, and its chunks against
+    the listing; return how its chunks are stored. Nothing here grows with declared sizes."""
+    what = f"{where}: array {name!r}"
+    if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+        raise SchemaError(f"{what}: zarr.json is not Zarr v3 array metadata")
     record = manifest.arrays[name]
-    actual_dtype = str(array.dtype)
-    if tuple(array.shape) != shape or list(shape) != record.shape:
-        raise SchemaError(f"{where}: array {name!r} has shape {tuple(array.shape)}, manifest says {shape}")
-    if actual_dtype != record.dtype or (dtype is not None and actual_dtype != dtype):
-        raise SchemaError(f"{where}: array {name!r} has dtype {actual_dtype}, manifest says {record.dtype}")
-    if dtype is None and array.dtype.kind not in "iu":
-        raise SchemaError(f"{where}: array {name!r} must hold integers, has {actual_dtype}")
-    if array.nchunks_initialized != array.nchunks:
-        raise IncompleteContainerError(
-            f"{where}: array {name!r} has {array.nchunks_initialized} of {array.nchunks} chunks; "
-            "a missing chunk would read as zeros")
-    return array
+    declared, data_type = meta.get("shape"), meta.get("data_type")
+    if not _ints(declared) or tuple(declared) != shape or list(shape) != record.shape:
+        raise SchemaError(f"{what} has shape {declared}, manifest says {shape}")
+    if data_type != record.dtype or (dtype is not None and data_type != dtype):
+        raise SchemaError(f"{what} has dtype {data_type}, manifest says {record.dtype}")
+    if dtype is None and data_type not in INTEGER_TYPES:
+        raise SchemaError(f"{what} must hold integers, has {data_type}")
+    grid = meta.get("chunk_grid")
+    rows = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
+    if not (isinstance(grid, dict) and grid.get("name") == "regular" and _ints(rows) and len(rows) == len(shape)
+            and rows[0] >= 1 and tuple(rows[1:]) == shape[1:]):
+        raise SchemaError(f"{what}: chunks must be a regular grid of whole images, got {grid}")
+    if meta.get("chunk_key_encoding") not in ({"name": "default", "configuration": {"separator": "/"}},
+                                              {"name": "default"}):
+        raise SchemaError(f"{what}: the chunk key encoding must be 'default' with separator '/'")
+    if meta.get("storage_transformers", []) != []:
+        raise SchemaError(f"{what}: storage transformers are not allowed")
+    itemsize = np.dtype(data_type).itemsize
+    chunk = ChunkCodec(_compressor(meta.get("codecs"), itemsize, what), itemsize * math.prod(rows))
+    if chunk.size > MAX_CHUNK_BYTES:
+        raise LimitExceededError(f"{what}: a chunk decodes to {chunk.size} bytes, more than the {MAX_CHUNK_BYTES} "
+                                 "a reader accepts")
+    count = -(-shape[0] // rows[0])
+    present, stored = _stored_chunks(sizes, name, len(shape), count)
+    if present < count:
+        raise IncompleteContainerError(f"{what} has {present} of {count} chunks; a missing chunk would read as zeros")
+    for key, size in stored:
+        if size > chunk.max_stored:
+            raise IntegrityError(f"{where}: chunk {key} holds {size} bytes, more than a chunk of {chunk.size} "
+                                 "bytes can take")
+    decoded, occupied = count * chunk.size, sum(size for _, size in stored)
+    if decoded > FREE_ARRAY_BYTES and decoded > MAX_EXPANSION * occupied:
+        raise LimitExceededError(f"{what} decodes to {decoded} bytes from {occupied} stored, more than "
+                                 f"{MAX_EXPANSION} times as many")
+    return chunk
 
 
-def _zarr_reader(array: zarr.Array) -> Callable[[Any], np.ndarray]:
+def _ints(value: Any) -> bool:
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
+
+
+def _compressor(chain: Any, itemsize: int, what: str) -> str | None:
+    """The compressor of a codec chain of section 2.5: ``bytes`` (little-endian) and at most
+    one of ``zstd`` and ``gzip``."""
+    little = {"name": "bytes", "configuration": {"endian": "little"}}
+    allowed = [little] if itemsize > 1 else [little, {"name": "bytes"}, {"name": "bytes", "configuration": {}}]
+    if (isinstance(chain, list) and 1 <= len(chain) <= 2 and chain[0] in allowed
+            and (len(chain) == 1 or (isinstance(chain[1], dict) and chain[1].get("name") in ("zstd", "gzip")
+                                     and isinstance(chain[1].get("configuration", {}), dict)))):
+        return chain[1]["name"] if len(chain) == 2 else None
+    raise SchemaError(f"{what}: codecs {chain} are not the little-endian bytes codec and at most one of zstd, gzip")
+
+
+def _stored_chunks(sizes: dict[str, int], name: str, ndim: int, count: int) -> tuple[int, list[tuple[str, int]]]:
+    """How many of the ``count`` declared chunks the listing holds, and their keys and sizes:
+    one pass over what exists, never over what is declared."""
+    prefix, suffix = f"{name}/c/", "/0" * (ndim - 1)
+    found = []
+    for key, size in sizes.items():
+        if key.startswith(prefix) and key.endswith(suffix):
+            index = key[len(prefix):len(key) - len(suffix)]
+            if index.isascii() and index.isdigit() and str(int(index)) == index and int(index) < count:
+                found.append((key, size))
+    return len(found), found
+
+
+def _zarr_reader(array: zarr.Array, where: str) -> Callable[[Any], np.ndarray]:
+    """Reads along the image axis; every failure is typed, and stored floats must be finite
+    (NaN or infinity in a stored label is a schema error: writers refuse them)."""
+    name, floats = array.basename, array.dtype.kind == "f"
+
     def read(selection: Any) -> np.ndarray:
         try:
             if isinstance(selection, slice):
-                return np.asarray(array[selection])
-            return np.asarray(array.get_orthogonal_selection((selection,)))
-        except (IndexError, TypeError):
+                out = np.asarray(array[selection])
+            else:
+                out = np.asarray(array.get_orthogonal_selection((selection,)))
+        except (IndexError, TypeError, LaddError):
             raise
         except Exception as exc:  # a damaged chunk fails inside the codec pipeline
-            raise IntegrityError(f"array {array.basename!r} cannot be decoded: {exc}") from None
+            raise IntegrityError(f"{where}: array {name!r} cannot be decoded: {exc}") from None
+        if floats and not np.isfinite(out).all():
+            raise SchemaError(f"{where}: array {name!r} holds a non-finite value (NaN or infinity)")
+        return out
 
     return read
 

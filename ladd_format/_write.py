@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,11 +223,13 @@ class Writer:
         elif not self._done:
             self._done = True
             if self._stage_cm is not None:
+                self._hasher.shutdown(wait=True)
                 self._stage_cm.__exit__(kind, exc, tb)  # cancels zarr's writes, removes the stage
 
     # -- internals ------------------------------------------------------------------------
 
     def _open_stage(self) -> None:
+        self._hasher = ThreadPoolExecutor(max_workers=1)
         self._stage_cm = staging_dir(self.path)
         self._stage = self._stage_cm.__enter__()
         codec = {"zstd": [zarr.codecs.ZstdCodec(level=3)], "gzip": [zarr.codecs.GzipCodec(level=5)],
@@ -242,6 +245,7 @@ class Writer:
 
     def _flush(self, final: bool) -> None:
         """Store every complete chunk row range that all pending parts cover."""
+        hashing = []
         for name, parts in self._pending.items():
             if not parts:
                 continue
@@ -251,11 +255,15 @@ class Writer:
             ready = len(data) if final else len(data) // rows * rows
             if ready:
                 block = np.ascontiguousarray(data[:ready])
-                self._hashes[name].update(np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<"))
-                                          .view(np.uint8).reshape(-1))
+                little = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).view(np.uint8)
+                # hashed on the writer's thread (FIFO: each array's bytes in order) while zarr
+                # compresses and stores the same block
+                hashing.append(self._hasher.submit(self._hashes[name].update, little.reshape(-1)))
                 self._arrays[name][start:start + ready] = block
             self._pending[name] = [data[ready:]] if ready < len(data) else []
             self._written[name] = start + ready
+        for done in hashing:
+            done.result()
 
     def _manifest(self, *, mean: Any, std: Any, digests: Mapping[str, str], counts: np.ndarray) -> Manifest:
         m = self._meta
@@ -286,6 +294,7 @@ class Writer:
     def _finish(self, error: BaseException | None) -> None:
         self._done = True
         if self._stage_cm is not None:
+            self._hasher.shutdown(wait=True)
             if error is None:
                 self._stage_cm.__exit__(None, None, None)
             else:

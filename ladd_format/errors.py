@@ -35,6 +35,10 @@ class UnsupportedEncodingError(SchemaError):
     """The manifest names a dense-label encoding this reader does not know."""
 
 
+class LimitExceededError(SchemaError):
+    """The container declares more than a reader may decode for what it stores (SPEC.md section 12)."""
+
+
 class IncompleteContainerError(LaddError):
     """Some part of the container (manifest, array metadata, a chunk) is absent."""
 

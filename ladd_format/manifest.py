@@ -15,13 +15,19 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
+from ._encodings import get_encoding
 from .errors import SchemaError
 
 FORMAT_NAME = "ladd"
 FORMAT_VERSION = "1.2"
 """The newest format version this library reads and writes; the writer records the oldest
 version that has every feature a container uses (SPEC.md section 9)."""
+VERSION_PATTERN = r"^[1-9][0-9]*\.(0|[1-9][0-9]*)$"
+"""``MAJOR.MINOR`` without leading zeros; there is no major version 0 (SPEC.md section 9.1)."""
 ATTRIBUTE_KEY = "ladd"
+MAX_SAFE_INTEGER = 2**53 - 1
+"""Manifest integers stay within +-(2**53 - 1): RFC 8785 implementations that parse numbers as
+doubles would round larger ones and compute another digest (SPEC.md section 3.4)."""
 
 _Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _JsonDict = dict[str, JsonValue]
@@ -131,7 +137,7 @@ class Manifest(_Model):
     """The whole manifest. ``manifest_sha256`` covers every other member (RFC 8785 JSON)."""
 
     format: Literal["ladd"] = FORMAT_NAME
-    format_version: str = Field(default=FORMAT_VERSION, pattern=r"^[0-9]+\.[0-9]+$")
+    format_version: str = Field(default=FORMAT_VERSION, pattern=VERSION_PATTERN)
     created_by: str = "unknown"
     num_images: int = Field(ge=1)
     num_classes: int = Field(ge=1)
@@ -144,6 +150,12 @@ class Manifest(_Model):
     extra: _JsonDict = Field(default_factory=dict, description="Free-form user metadata.")
     arrays: dict[str, ArrayRecord]
     manifest_sha256: _Hex64 | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _portable(cls, data: Any) -> Any:
+        _check_portable(data, "")
+        return data
 
     @field_validator("class_names")
     @classmethod
@@ -158,18 +170,56 @@ class Manifest(_Model):
             raise ValueError(
                 f"{len(self.class_names)} class names for num_classes={self.num_classes}"
             )
+        needed, feature = self.labeler.since, "labeler input_size, mean, std or weights"
+        dense = self.dense_labels
+        try:
+            since = get_encoding(dense.encoding, dense.params, self.num_classes, dense.values).since
+        except SchemaError:  # an encoding this reader does not know: the reader refuses it by name
+            since = "1.0"
+        if _as_tuple(since) > _as_tuple(needed):
+            needed, feature = since, f"encoding {dense.encoding!r}"
+        if self.version < _as_tuple(needed):
+            raise ValueError(f"format_version {self.format_version} is older than the {needed} that its "
+                             f"{feature} needs")
         return self
 
     @property
     def version(self) -> tuple[int, int]:
-        major, minor = self.format_version.split(".")
-        return int(major), int(minor)
+        return _as_tuple(self.format_version)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object as stored (``manifest_sha256`` filled in)."""
         body = self.model_dump(mode="json", exclude={"manifest_sha256": True, "labeler": self.labeler.unset_added()})
         body["manifest_sha256"] = manifest_digest(body)
         return body
+
+
+def _as_tuple(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+def _check_portable(value: Any, path: str) -> None:
+    """Refuse what RFC 8785 implementations would serialise differently: strings with a lone
+    surrogate (they have no UTF-8 form) and integers beyond +-(2**53 - 1)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{path or 'value'}: a string with a lone surrogate has no UTF-8 form") from None
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+        digits = str(abs(value))
+        raise ValueError(f"{path or 'value'}: an integer of {len(digits)} digits ({digits[:6]}...) is beyond "
+                         "+-(2**53 - 1)")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_portable(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_portable(key, path)
+            _check_portable(item, f"{path}.{key}".lstrip("."))
 
 
 def manifest_digest(body: dict[str, Any]) -> str:

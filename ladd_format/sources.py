@@ -7,12 +7,17 @@ gives, plain numpy arrays, and image folders with one sub-folder per class.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import os
-from collections.abc import Sequence
+import stat
+import struct
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,10 +42,57 @@ _FASHION_MNIST_SHA256 = {
     "test_labels": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
 }
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+"""The only decoders image folders use: PIL otherwise tries every plugin by content, and some hand
+the file to other programs (EPS to Ghostscript)."""
+_GREY_MODES = ("L", "1", "I;16", "I")
+_DAMAGED = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+"""What PIL raises for a file that is not an image or is truncated or damaged."""
+_FILE_TYPES = {stat.S_IFDIR: "a folder", stat.S_IFREG: "a file", stat.S_IFIFO: "a FIFO",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+MAX_IMAGE_PIXELS = 1 << 26
+"""Pixels one image may declare (64 Mi, e.g. 8192 x 8192), checked from its header before decoding.
+Distilled images are a few hundred pixels a side; PIL's own guard only warns above 89 M pixels
+and refuses above 179 M."""
+MAX_IMAGES = 1 << 20
+"""Default cap on the image files one folder read opens (1 Mi: ImageNet-1k at 1000 per class)."""
+MAX_BYTES = 4 << 30
+"""Default cap (4 GiB) on each input file's size and on the bytes a folder's images decode to:
+inputs come from strangers, so what a read may allocate is bounded before it starts."""
 
 
 class SourceNotFoundError(LaddError, FileNotFoundError):
     """A source dataset is not installed where the library looks for it."""
+
+
+class UnsafePathError(InvalidInputError):
+    """A path inside a folder being read leads outside it, or is not a regular file (a FIFO blocks)."""
+
+
+class InputTooLargeError(InvalidInputError):
+    """An input declares more than a stated limit; the message says how to raise the limit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Limits:
+    """The caps of one read; ``cli`` makes messages name the command-line options too."""
+
+    max_bytes: int = MAX_BYTES
+    max_images: int = MAX_IMAGES
+    cli: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def over(self, name: str, what: str) -> InputTooLargeError:
+        """The error for ``what`` exceeding limit ``name``, saying how to raise it."""
+        flag = f" (--{name.replace('_', '-')} on the command line)" if self.cli else ""
+        return InputTooLargeError(f"{what}, over the limit {name}={getattr(self, name)}; if you trust this "
+                                  f"input, raise it with {name}={flag}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,39 +244,48 @@ def from_arrays(
 
 
 def image_folder(train_root: str | os.PathLike[str], test_root: str | os.PathLike[str] | None = None, *,
-                 size: int | tuple[int, int] | None = None, name: str | None = None) -> SourceDataset:
+                 size: int | tuple[int, int] | None = None, name: str | None = None, max_bytes: int = MAX_BYTES,
+                 max_images: int = MAX_IMAGES) -> SourceDataset:
     """Images in one sub-folder per class (sorted names are the classes).
 
     Without ``test_root`` a ``train/`` and ``test/`` pair below ``train_root`` is used when
     present; otherwise the test split is empty. Images are RGB unless every file is greyscale;
     ``size`` resizes (bilinear), otherwise all images must share one size. The name defaults to
     the folder given (the parent of a ``train/`` and ``test/`` pair, not ``train``).
+
+    Folders may come from strangers: links leading out of the folder given and special files
+    are refused, and the image count (``max_images``), each image's declared size
+    (:data:`MAX_IMAGE_PIXELS`) and the decoded bytes (``max_bytes``) are checked from the
+    headers before any image is decoded.
     """
-    root = Path(train_root)
+    limits = _Limits(max_bytes, max_images)
+    root = within = Path(train_root)
     name = name or root.resolve().name
+    test_within = within if test_root is None else Path(test_root)
     if test_root is None and (root / "train").is_dir() and (root / "test").is_dir():
         root, test_root = root / "train", root / "test"
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
         raise SourceNotFoundError(f"{root}: no class sub-folders found")
-    train_files = _list_images(root, classes)
-    test_files = _list_images(Path(test_root), classes) if test_root is not None else []
-    grey = _all_greyscale([f for f, _ in train_files + test_files])
-    train_x, train_y = _load_images(train_files, grey, size)
-    test_x, test_y = _load_images(test_files, grey, size, like=train_x)
+    train_files = _list_images(root, classes, within, limits)
+    test_files = [] if test_root is None else _list_images(Path(test_root), classes, test_within, limits,
+                                                           len(train_files))
+    (train_x, train_y), (test_x, test_y) = _read_images([train_files, test_files], size, limits)
     return from_arrays(name, train_x, train_y, test_x, test_y, class_names=classes,
                        location=str(root))
 
 
 def load_source(name_or_path: str | os.PathLike[str], *, name: str | None = None,
                 class_names: Sequence[str] | None = None, mean: Sequence[float] | None = None,
-                std: Sequence[float] | None = None) -> SourceDataset:
+                std: Sequence[float] | None = None, max_bytes: int = MAX_BYTES,
+                max_images: int = MAX_IMAGES) -> SourceDataset:
     """``"fashion-mnist"`` or a folder, named so that provenance never records the wrong dataset.
 
     A folder of IDX files is Fashion-MNIST only when its contents are (and ``name`` names no
     other dataset); anything else must be given a ``name``. A folder of class sub-folders is
-    named after the folder unless ``name`` is given. ``class_names`` (one per class) and
-    ``mean``/``std`` (one per channel) replace the source's own.
+    named after the folder unless ``name`` is given, and read by :func:`image_folder` with
+    ``max_bytes`` and ``max_images``. ``class_names`` (one per class) and ``mean``/``std``
+    (one per channel) replace the source's own.
     """
     if str(name_or_path).lower() in _FASHION_MNIST_NAMES:
         return _replaced(fashion_mnist(), name, class_names, mean, std)
@@ -239,7 +300,8 @@ def load_source(name_or_path: str | os.PathLike[str], *, name: str | None = None
         if name is None or name.lower() in _FASHION_MNIST_NAMES:
             return _replaced(fashion_mnist(folder), None, class_names, mean, std)
         return idx_folder(folder, name, class_names=class_names, mean=mean, std=std)
-    return _replaced(image_folder(folder, name=name), None, class_names, mean, std)
+    return _replaced(image_folder(folder, name=name, max_bytes=max_bytes, max_images=max_images), None,
+                     class_names, mean, std)
 
 
 def random_real(source: SourceDataset, ipc: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -337,41 +399,121 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def _list_images(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    found = []
+def _checked_path(path: Path, within: Path | None = None, limits: _Limits | None = None, *,
+                  folder: bool = False) -> Path:
+    """``path``, refused unless it resolves inside ``within`` to a regular file (``folder``: a
+    folder) of at most ``limits.max_bytes``: a downloaded folder may link to system files, which
+    would be read into the container, or hold FIFOs and devices, which block or never end."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise UnsafePathError(f"{path}: a link that cannot be followed ({exc})") from None
+    shown = f"{path} (a link to {target})" if target != path.absolute() else str(path)
+    if within is not None and not target.is_relative_to(within.resolve()):
+        raise UnsafePathError(f"{shown} is not a {'folder' if folder else 'file'} inside {within}; refused")
+    try:
+        st = target.stat()
+    except OSError as exc:
+        raise InvalidInputError(f"{shown} cannot be read ({exc.strerror})") from None
+    kind = stat.S_IFMT(st.st_mode)
+    if kind != (stat.S_IFDIR if folder else stat.S_IFREG):
+        raise UnsafePathError(f"{shown} is {_FILE_TYPES.get(kind, 'a special file')}, not a "
+                              f"{'folder' if folder else 'regular file'}; refused")
+    if limits is not None and not folder and st.st_size > limits.max_bytes:
+        raise limits.over("max_bytes", f"{path} is {st.st_size} bytes")
+    return path
+
+
+def _list_images(root: Path, classes: list[str], within: Path, limits: _Limits,
+                 listed: int = 0) -> list[tuple[Path, int]]:
+    """The image files of each class folder, checked by :func:`_checked_path`; ``listed`` more
+    were listed already and count towards ``limits.max_images``."""
+    found: list[tuple[Path, int]] = []
     for label, cls in enumerate(classes):
         folder = root / cls
-        if folder.is_dir():
-            found += [(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES]
+        if not folder.is_dir():
+            continue
+        _checked_path(folder, within, folder=True)
+        files = []
+        for p in folder.iterdir():
+            if p.suffix.lower() in _IMAGE_SUFFIXES:
+                files.append((_checked_path(p, within, limits), label))
+                if listed + len(found) + len(files) > limits.max_images:
+                    raise limits.over("max_images", f"{within} holds more than {limits.max_images} images")
+        found += sorted(files)
     return found
 
 
-def _all_greyscale(files: list[Path]) -> bool:
+@contextlib.contextmanager
+def _image(path: Path) -> Iterator[Any]:
+    """``path`` opened by PIL once its declared size is checked; a file that is no image, or is
+    damaged when decoded inside the block, is an :class:`InvalidInputError` naming it."""
     from PIL import Image
 
-    for path in files:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "1", "I;16", "I"):
-                return False
-    return bool(files)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_IMAGE_PIXELS is lower
+            with Image.open(path, formats=_PIL_FORMATS) as im:
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InputTooLargeError(f"{path}: declares {width} x {height} pixels, more than the "
+                                             f"{MAX_IMAGE_PIXELS} pixels one image may have")
+                yield im
+    except LaddError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputTooLargeError(f"{path}: declares more than the {MAX_IMAGE_PIXELS} pixels one image may have "
+                                 f"({exc})") from None
+    except _DAMAGED as exc:
+        raise InvalidInputError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
-def _load_images(files: list[tuple[Path, int]], grey: bool, size: int | tuple[int, int] | None,
-                 like: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _read_images(splits: list[list[tuple[Path, int]]], size: int | tuple[int, int] | None,
+                 limits: _Limits) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each split's files as uint8 [N, H, W, C] and labels [N]: RGB unless every file is greyscale.
+
+    Every header is read first, so that a size mismatch and the decoded bytes (against
+    ``limits.max_bytes``) are refused before any pixel is decoded.
+    """
+    headers = []
+    for files in splits:
+        split = []
+        for path, _ in files:
+            with _image(path) as im:
+                split.append((im.mode, (im.height, im.width)))
+        headers.append(split)
+    grey = any(headers) and all(mode in _GREY_MODES for split in headers for mode, _ in split)
+    channels = 1 if grey else 3
+    if size is not None:
+        target = (size, size) if isinstance(size, int) else (size[0], size[1])
+        headers = [[(mode, target) for mode, _ in split] for split in headers]
+    shapes = []
+    for split in headers:
+        found = sorted({hw for _, hw in split})
+        if len(found) > 1:
+            raise InvalidInputError(f"images differ in size (height, width) {found[:3]}...; pass size= to resize "
+                                    "them")
+        shapes.append(found[0] if found else None)
+    total = channels * sum(h * w for split in headers for _, (h, w) in split)
+    if total > limits.max_bytes:
+        raise limits.over("max_bytes", f"the {sum(map(len, splits))} images decode to {total} bytes")
+    fallback = next((s for s in shapes if s is not None), (1, 1))
+    return [_decode(files, shape or fallback, channels, size is not None) for files, shape in zip(splits, shapes)]
+
+
+def _decode(files: list[tuple[Path, int]], shape: tuple[int, int], channels: int,
+            resize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Decode into one preallocated array, so that memory is what the headers declared."""
     from PIL import Image
 
-    images = []
-    for path, _ in files:
-        with Image.open(path) as im:
-            im = im.convert("L" if grey else "RGB")
-            if size is not None:
-                w, h = (size, size) if isinstance(size, int) else (size[1], size[0])
-                im = im.resize((w, h), Image.BILINEAR)
-            images.append(np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, 1 if grey else 3))
-    if not images:
-        shape = like.shape[1:] if like is not None else (1, 1, 1 if grey else 3)
-        return np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64)
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise InvalidInputError(f"images differ in size {sorted(shapes)[:3]}...; pass size= to resize them")
-    return np.stack(images), np.array([label for _, label in files], dtype=np.int64)
+    out = np.empty((len(files), *shape, channels), np.uint8)
+    for i, (path, _) in enumerate(files):
+        with _image(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if resize:
+                im = im.resize((shape[1], shape[0]), Image.BILINEAR)
+            pixels = np.asarray(im, dtype=np.uint8)
+        if pixels.shape[:2] != shape:
+            raise InvalidInputError(f"{path}: decoded to {pixels.shape[:2]}, its header said {shape}")
+        out[i] = pixels.reshape(*shape, channels)
+    return out, np.array([label for _, label in files], dtype=np.int64)

@@ -212,3 +212,25 @@ def test_decoder_refuses_values_that_break_the_encoding():
     arrays["dense_labels"] = np.zeros((1, 1, 2), np.uint8)
     with pytest.raises(SchemaError, match="all zero"):
         renorm.decoder({a: (lambda sel, v=v: v[sel]) for a, v in arrays.items()})(slice(None))
+
+
+@pytest.mark.parametrize("scale", [255, 65535])
+@pytest.mark.parametrize("k", [2, 7, 1000])
+def test_largest_remainder_matches_a_ranking_reference(scale, k):
+    """The threshold form of _quantise equals ranking every remainder (stable: ties to the lower class)."""
+    from ladd_format._encodings import _quantise
+
+    rng = np.random.default_rng(k)
+    z = rng.normal(0, 3, (400, k))
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    p[:20] = 1.0 / k  # all remainders tied
+    p[20:30] = 0.0
+    p[20:30, -1] = 1.0  # one-hot: nothing left over
+    x = p * scale
+    q = np.floor(x)
+    short = scale - q.sum(-1, keepdims=True)
+    order = np.argsort(q - x, axis=-1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(k), axis=-1)
+    assert np.array_equal(_quantise(p, scale), (q + (rank < short)).astype(_quantise(p, scale).dtype))

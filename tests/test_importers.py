@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -362,7 +364,7 @@ def _plain_pickle(path: Path) -> None:
     ("no_normalization", r"pass normalization= with a name .*--normalization NAME or --mean/--std"),
     ("channel_mismatch", "'mnist' has 1 channels, the images have 3"),
     ("custom_class", "needs arbitrary unpickling.*_Custom.*not executed"),
-    ("plain_pickle", "needs arbitrary unpickling.*not executed"),
+    ("plain_pickle", "not a zip-format torch.save file.*plain pickles are refused"),
     ("not_probabilities", "must be probabilities"),
     ("float_hard_labels", r"must be \[M\] or \[M, K\]"),
     ("label_out_of_range", "label 10 is out of range for 10 classes"),
@@ -476,11 +478,26 @@ def test_cli_import_explicit_stats_and_errors(tmp_path, capsys):
     assert "ContainerExistsError" in err
 
 
+def test_cli_limits_take_sizes_with_units(tmp_path, capsys):
+    src = _mtt_folder(tmp_path / "m", _normalise(_uint8(2), CIFAR10), torch.tensor([0, 1]))
+    size = (src / "images_best.pt").stat().st_size
+    assert _cli(["import", "mtt", str(src), str(tmp_path / "a.ladd"), "--normalization", "cifar10",
+                 "--max-bytes", "0.5M", "--max-images", "1"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert _cli(["import", "mtt", str(src), str(tmp_path / "b.ladd"), "--normalization", "cifar10",
+                 "--max-bytes", str(size - 1)]) == 1
+    assert f"is {size} bytes, over the limit max_bytes={size - 1}" in capsys.readouterr().err
+    for text in ("64m", "2G", "1t"):
+        assert _cli(["import", "mtt", str(src), str(tmp_path / f"{text}.ladd"), "--normalization", "cifar10",
+                     "--max-bytes", text]) == 0
+
+
 # -- bad command lines ----------------------------------------------------------------------
 
 
 def _cli_fixtures(root: Path) -> None:
-    """What the bad command lines below point at: an MTT run, a ZCA run, a DM file, a container."""
+    """What the bad command lines below point at: an MTT run, a ZCA run, a DM file, a container,
+    a class folder linking out of itself and labeler checkpoints that are not."""
     _mtt_folder(root / "mtt", _normalise(_uint8(4), CIFAR10), torch.tensor([0, 1, 2, 3]))
     _zca_run(root / "zca")
     torch.save({"data": [[_normalise(_uint8(2), CIFAR10), torch.tensor([0, 1])]]}, root / "res_DM.pt")
@@ -488,6 +505,26 @@ def _cli_fixtures(root: Path) -> None:
     (root / "taken").mkdir()
     (root / "taken" / "mine.txt").write_text("keep")
     (root / "syn.pt").write_bytes(b"")
+    for folder, name in (("linked/cls", "0.png"), ("secret", "s.png"), ("pics/cls", "0.png"), ("pics/cls", "1.png")):
+        _save_images(root / folder, name, np.zeros((4, 4, 3), np.uint8))
+    (root / "linked" / "cls" / "1.png").symlink_to(root / "secret" / "s.png")
+    _bad_labelers(root / "labeler")
+
+
+def _bad_labelers(folder: Path) -> None:
+    """Checkpoints whose sidecar JSON vouches for them, holding a pickled object or random bytes,
+    and a good checkpoint whose JSON lacks fields."""
+    good = _tiny_labeler(folder / "good.pt")
+    sidecar = json.loads(good.with_suffix(".pt.json").read_text())
+    torch.save({"model": _Custom()}, folder / "pickled.pt")
+    (folder / "noise.pt").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    for name in ("pickled.pt", "noise.pt"):
+        path = folder / name
+        path.with_suffix(".pt.json").write_text(json.dumps(
+            {**sidecar, "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    (folder / "partial.pt").write_bytes(good.read_bytes())
+    del sidecar["config"]["architecture"], sidecar["config"]["num_classes"]
+    (folder / "partial.pt.json").write_text(json.dumps(sidecar))
 
 
 _MTT = ["import", "mtt", "{t}/mtt", "{out}"]
@@ -535,6 +572,24 @@ BAD_COMMAND_LINES = [
     ("export-out-exists", ["export", "{t}/c.ladd", "{t}/taken", "--format", "folder"], 1, "--overwrite"),
     ("export-normalized-folder", ["export", "{t}/c.ladd", "{out}", "--format", "folder", "--normalized"], 1,
      "--normalized on the command line"),
+    ("labeler-pickled", [*_MTT, "--normalization", "cifar10", "--labeler", "{t}/labeler/pickled.pt"], 1,
+     "needs unpickling, which could run code; refused"),
+    ("labeler-noise", [*_MTT, "--normalization", "cifar10", "--labeler", "{t}/labeler/noise.pt"], 1,
+     "LabelerError"),
+    ("labeler-json-fields", [*_MTT, "--normalization", "cifar10", "--labeler", "{t}/labeler/partial.pt"], 1,
+     "not a labeler description"),
+    ("labeler-missing", [*_MTT, "--normalization", "cifar10", "--labeler", "{t}/labeler/none.pt"], 1,
+     "no such labeler checkpoint"),
+    ("folder-links-out", ["import", "folder", "{t}/linked", "{out}"], 1, "UnsafePathError"),
+    ("max-bytes-exceeded", [*_MTT, "--normalization", "cifar10", "--max-bytes", "1K"], 1,
+     "raise it with max_bytes= (--max-bytes on the command line)"),
+    ("max-images-exceeded", ["import", "folder", "{t}/pics", "{out}", "--max-images", "1"], 1,
+     "raise it with max_images= (--max-images on the command line)"),
+    ("max-bytes-zero", [*_MTT, "--normalization", "cifar10", "--max-bytes", "0"], 2,
+     "expected a size in bytes >= 1 such as 8G or 512M, got '0'"),
+    ("max-bytes-words", [*_MTT, "--normalization", "cifar10", "--max-bytes", "lots"], 2, "got 'lots'"),
+    ("max-images-zero", [*_MTT, "--normalization", "cifar10", "--max-images", "0"], 2,
+     "expected an integer >= 1, got 0"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from ladd_format import InvalidInputError
 from ladd_format import sources
+from ladd_format.sources import InputTooLargeError, UnsafePathError
 
 REAL = Path("/usr/share/datasets/fashion-mnist")
 
@@ -233,3 +235,52 @@ def test_random_real_is_seeded_and_balanced():
             sources.random_real(src, ipc=bad)
     with pytest.raises(InvalidInputError, match="seed"):
         sources.random_real(src, ipc=1, seed=-1)
+
+
+def _class_folder(root, names=("a", "b"), per_class=2, size=4):
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((size, size, 3), i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_image_folder_refuses_links_out_and_special_files(tmp_path):
+    secret = _class_folder(tmp_path / "secret", names=("s",))
+    src = _class_folder(tmp_path / "src" / "train")
+    _class_folder(tmp_path / "src" / "test")
+    (src / "b" / "x.png").symlink_to(secret / "s" / "0.png")
+    with pytest.raises(UnsafePathError, match=r"b/x.png \(a link to .*secret/s/0.png\) is not a file inside "
+                       r".*/src; refused"):
+        sources.load_source(tmp_path / "src")
+    (src / "b" / "x.png").unlink()
+    (tmp_path / "src" / "test" / "c").symlink_to(secret / "s")  # the test split is checked too
+    (src / "c").mkdir()
+    with pytest.raises(UnsafePathError, match=r"test/c \(a link to .*secret/s\) is not a folder inside"):
+        sources.image_folder(tmp_path / "src")
+    (src / "c").rmdir()
+    os.mkfifo(src / "a" / "fifo.png")
+    with pytest.raises(UnsafePathError, match=r"fifo.png is a FIFO, not a regular file"):
+        sources.image_folder(src)
+    (src / "a" / "fifo.png").unlink()
+    (src / "a" / "inside.png").symlink_to(src / "b" / "0.png")  # inside the folder: followed
+    assert len(sources.image_folder(src).train_labels) == 5
+    # An explicit test folder is the user's choice: its own contents are checked against it.
+    elsewhere = _class_folder(tmp_path / "elsewhere", names=("a",))
+    assert sources.image_folder(src, elsewhere).test_labels.tolist() == [0, 0]
+
+
+def test_image_folder_limits_say_how_to_raise_them(tmp_path):
+    src = _class_folder(tmp_path / "src", per_class=3)
+    with pytest.raises(InputTooLargeError, match=r"holds more than 5 images, over the limit max_images=5; if you "
+                       r"trust this input, raise it with max_images=$"):
+        sources.load_source(src, max_images=5)
+    # 6 images of 4 x 4 RGB; resized to 2 x 2 they decode to 72 bytes: the limit counts what is kept.
+    with pytest.raises(InputTooLargeError, match=r"the 6 images decode to 288 bytes, over the limit max_bytes=100"):
+        sources.image_folder(src, max_bytes=100)
+    assert sources.image_folder(src, size=2, max_bytes=100).image_shape == (2, 2, 3)
+    with pytest.raises(InvalidInputError, match="max_images must be an integer >= 1, got 0"):
+        sources.image_folder(src, max_images=0)
+    (src / "a" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(30))
+    with pytest.raises(InvalidInputError, match=r"a/9.png: not a readable image"):
+        sources.image_folder(src)

@@ -8,7 +8,9 @@ choice (statistics, clipped values, soft labels, learned lr) in ``distillation.d
 module dispatches by kind, writes the container and holds ``ladd import`` / ``ladd export``.
 
 ``.pt`` files are read with ``torch.load(weights_only=True)`` only: a file that needs
-arbitrary unpickling is refused, never executed.
+arbitrary unpickling is refused, never executed. Results are downloaded from strangers, so
+what a read may allocate is bounded before it starts (``max_bytes``, ``max_images``, README
+"Importing files from strangers").
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .._cli_args import add_labeling_options, finite_float, nonnegative_int, positive_float
+from .._cli_args import add_labeling_options, finite_float, nonnegative_int, positive_float, positive_int
 from .._write import write
 from ..errors import InvalidInputError
+from ..sources import MAX_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGES, InputTooLargeError, UnsafePathError, _Limits
 from . import _dc, _folders, _mtt
 from ._common import (
     CLIP_MARGIN,
@@ -44,9 +47,10 @@ from ._common import (
 )
 
 __all__ = [
-    "CLIP_MARGIN", "DATASETS", "HARD_LABELS_PROVENANCE", "KINDS", "MAX_CLIPPED_FRACTION", "NORMALIZATIONS",
-    "SOFT_LABELS_PROVENANCE", "ClippingError", "Distilled", "InputNotFoundError", "WhitenedImagesError",
-    "import_distilled", "load_pt", "read_distilled", "register_cli", "write_distilled",
+    "CLIP_MARGIN", "DATASETS", "HARD_LABELS_PROVENANCE", "KINDS", "MAX_BYTES", "MAX_CLIPPED_FRACTION",
+    "MAX_IMAGES", "MAX_IMAGE_PIXELS", "NORMALIZATIONS", "SOFT_LABELS_PROVENANCE", "ClippingError", "Distilled",
+    "InputNotFoundError", "InputTooLargeError", "UnsafePathError", "WhitenedImagesError", "import_distilled",
+    "load_pt", "read_distilled", "register_cli", "write_distilled",
 ]
 
 HARD_LABELS_PROVENANCE = "hard-labels (one-hot, repeated per crop)"
@@ -62,7 +66,8 @@ def read_distilled(
     normalization: str | tuple[Sequence[float], Sequence[float]] | None = None, dataset: str | None = None,
     labels: str | os.PathLike[str] | None = None, lr: str | os.PathLike[str] | None = None,
     experiment: int = 0, zca: bool = False, zca_inverse: str | os.PathLike[str] | None = None,
-    allow_clipping: bool = False, class_names: Sequence[str] | None = None,
+    allow_clipping: bool = False, class_names: Sequence[str] | None = None, max_bytes: int = MAX_BYTES,
+    max_images: int = MAX_IMAGES,
 ) -> Distilled:
     """Read a code base's result (``kind`` in :data:`KINDS`) into uint8 images and labels.
 
@@ -73,7 +78,12 @@ def read_distilled(
     and ``zca=True`` says they are whitened where the folder does not show it. De-normalising
     that clips more than :data:`MAX_CLIPPED_FRACTION` of the values by more than
     :data:`CLIP_MARGIN` levels is refused unless ``allow_clipping``.
+
+    Inputs are untrusted: each file may hold at most ``max_bytes``, a folder's images may
+    decode to at most ``max_bytes`` and number at most ``max_images``, and files found in a
+    folder must lie inside it (:class:`InputTooLargeError`, :class:`UnsafePathError`).
     """
+    limits = _Limits(max_bytes, max_images, cli=True)
     if kind not in KINDS:
         raise InvalidInputError(f"unknown import kind {kind!r}; one of {', '.join(KINDS)}")
     given = {"labels": labels is not None, "lr": lr is not None, "experiment": experiment != 0, "zca": zca,
@@ -89,7 +99,7 @@ def read_distilled(
     if dataset is None and isinstance(normalization, str):
         dataset = normalization.removesuffix("-mtt")
     if kind in _folders.READS:
-        result = _folders.read(kind, src)
+        result = _folders.read(kind, src, limits)
         if stats is not None:
             result.mean, result.std = list(stats[1]), list(stats[2])
             result.distillation["details"]["normalization"] = stats_record(stats)
@@ -99,13 +109,13 @@ def read_distilled(
                 f"{kind} saves normalised tensors: pass normalization= with a name ({', '.join(NORMALIZATIONS)}) "
                 "or (mean, std) (--normalization NAME or --mean/--std on the command line)")
         if kind in _mtt.READS:
-            result = _mtt.read(kind, src, labels, lr, zca, zca_inverse)
+            result = _mtt.read(kind, src, labels, lr, zca, zca_inverse, limits)
         else:
-            result = _dc.read(kind, src, experiment)
+            result = _dc.read(kind, src, experiment, limits)
         if zca and zca_inverse is None:
             raise WhitenedImagesError("zca=True (--zca) says the tensors are ZCA-whitened: "
                                       + ZCA_WAYS_OUT.format(copy="images_zca_<it>.pt"))
-        result = to_uint8(result, stats, zca_inverse, allow_clipping)
+        result = to_uint8(result, stats, zca_inverse, allow_clipping, max_bytes)
     result.class_names = _class_names(result, dataset, class_names)
     result.distillation["source_dataset"] = dataset or "unknown"
     return result
@@ -222,6 +232,11 @@ def register_cli(subparsers: Any) -> None:
                    help=f"import even when de-normalising clips more than {100 * MAX_CLIPPED_FRACTION:g}%% of "
                         f"the values by more than {CLIP_MARGIN} levels (a sign of wrong statistics)")
     s.add_argument("--labeler", help="label every crop with this checkpoint (from train-labeler)")
+    s.add_argument("--max-bytes", type=_byte_size, default=MAX_BYTES,
+                   help=f"the most bytes one input file may hold and a folder's images may decode to (default "
+                        f"{MAX_BYTES >> 30}G; K, M, G, T suffixes are powers of 1024)")
+    s.add_argument("--max-images", type=positive_int, default=MAX_IMAGES,
+                   help=f"the most image files a folder import reads (default {MAX_IMAGES})")
     add_labeling_options(s)
     s.set_defaults(func=_cmd_import)
 
@@ -241,14 +256,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if args.mean is not None and args.normalization is not None:
         raise InvalidInputError("give --normalization or --mean/--std, not both")
     norm = (args.mean, args.std) if args.mean is not None else args.normalization
-    d = read_distilled(args.kind, args.src, normalization=norm, dataset=args.dataset, labels=args.labels, lr=args.lr,
-                       experiment=args.experiment, zca=args.zca, zca_inverse=args.zca_inverse,
-                       allow_clipping=args.allow_clipping)
     labeler = None
     if args.labeler:
         from ..labeler import load_labeler
 
         labeler = load_labeler(args.labeler, device=args.device)
+    d = read_distilled(args.kind, args.src, normalization=norm, dataset=args.dataset, labels=args.labels, lr=args.lr,
+                       experiment=args.experiment, zca=args.zca, zca_inverse=args.zca_inverse,
+                       allow_clipping=args.allow_clipping, max_bytes=args.max_bytes, max_images=args.max_images)
     out = write_distilled(d, args.out, labeler=labeler, n=args.n, ratio=args.ratio, temperature=args.temperature,
                           encoding=args.encoding, overwrite=args.overwrite, progress=labeler is not None)
     h, w, c = d.images.shape[1:]
@@ -271,6 +286,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = export(args.path, args.out, format=args.format, normalized=args.normalized, overwrite=args.overwrite)
     print(f"exported {args.path} -> {out} ({args.format})")
     return 0
+
+
+def _byte_size(text: str) -> int:
+    """An argparse type for a byte count such as 8G: K, M, G and T are powers of 1024."""
+    scale = 1 << 10 * ("KMGT".index(text[-1].upper()) + 1) if text[-1:].upper() in ("K", "M", "G", "T") else 1
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        value = 0
+    if not 1 <= value < 1 << 63:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes >= 1 such as 8G or 512M, got {text!r}")
+    return int(value)
 
 
 def _numbers(parse: Callable[[str], float]) -> Callable[[str], list[float]]:

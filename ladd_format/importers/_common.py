@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..sources import FASHION_MNIST_CLASSES
+from ..sources import FASHION_MNIST_CLASSES, MAX_BYTES, InputTooLargeError, _checked_path, _Limits
 
 
 class InputNotFoundError(InvalidInputError, FileNotFoundError):
@@ -122,15 +124,33 @@ class Distilled:
         return len(self.class_names)
 
 
-def load_pt(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused."""
+_MAX_METADATA_BYTES = 1 << 20
+"""Cap on a torch.save file's pickle and zip directory. They only describe tensors, whose bytes
+lie in records of their own, so 1 MiB describes thousands; unpickling builds Python objects tens
+of times the pickle's size, so this stays far below ``max_bytes``."""
+_MAX_DEPTH = 16
+"""Nesting a loaded file may have (DC's ``res_*.pt`` nests three deep)."""
+
+
+def load_pt(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES,
+            within: str | os.PathLike[str] | None = None) -> Any:
+    """``torch.load(weights_only=True)`` of a file that cannot make it allocate more than it holds.
+
+    The file must be a regular file of at most ``max_bytes`` (inside ``within`` when given: files
+    found in a folder), a zip as torch >= 1.6 writes, with no compressed record; every tensor
+    loaded must address no more than its storage holds. A file that needs arbitrary unpickling
+    is refused, never executed.
+    """
     import torch
 
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputNotFoundError(f"{path}: no such file")
+    limits = _Limits(max_bytes=max_bytes, cli=True)
+    _checked_path(path, None if within is None else Path(within), limits)
+    _check_archive(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        body = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refusals arrive as the unpickler's own error type
         if type(exc).__name__ != "UnpicklingError":
             raise InvalidInputError(f"{path}: not a readable torch.save file ({exc})") from None
@@ -140,6 +160,109 @@ def load_pt(path: str | os.PathLike[str]) -> Any:
         raise InvalidInputError(
             f"{path}: needs arbitrary unpickling ({what}); it was refused and not executed. "
             "Re-save it as tensors, numbers, lists and dicts only.") from None
+    _check_tensors(body, path)
+    return body
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse what would let ``torch.load`` allocate more than the file holds: a legacy (pre-zip)
+    file, whose pickle declares storage sizes before any data is read; compressed or overlapping
+    records (a zip bomb); an oversized zip directory or pickle (see :data:`_MAX_METADATA_BYTES`)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise InvalidInputError(
+                    f"{path}: not a zip-format torch.save file (what torch >= 1.6 writes); legacy torch files and "
+                    "plain pickles are refused, since what loading them allocates is not bounded by their size")
+            directory = _directory_size(f, size)
+            if directory > _MAX_METADATA_BYTES:
+                raise InputTooLargeError(f"{path}: its zip directory is {directory} bytes, more than the "
+                                         f"{_MAX_METADATA_BYTES} a torch.save file needs")
+            with zipfile.ZipFile(f) as archive:
+                records = archive.infolist()
+    except InvalidInputError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as exc:
+        raise InvalidInputError(f"{path}: not a readable torch.save file ({exc})") from None
+    for record in records:
+        if record.compress_type != zipfile.ZIP_STORED or record.compress_size != record.file_size:
+            raise InvalidInputError(f"{path}: record {record.filename} is compressed; torch.save stores records "
+                                    "as they are, and a compressed one can unpack to far more than the file holds")
+        if record.filename.endswith(".pkl") and record.file_size > _MAX_METADATA_BYTES:
+            raise InputTooLargeError(f"{path}: its pickle {record.filename} is {record.file_size} bytes, more than "
+                                     f"the {_MAX_METADATA_BYTES} a torch.save file of tensors needs")
+    if sum(record.file_size for record in records) > size:
+        raise InvalidInputError(f"{path}: its records declare more bytes than the file holds (overlapping records)")
+
+
+def _directory_size(f: Any, size: int) -> int:
+    """The zip directory's size from the end record (zip64 too), read before ``zipfile`` parses
+    the directory into objects many times its size."""
+    f.seek(max(0, size - (1 << 16) - 22))
+    tail = f.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) - end < 22:
+        raise zipfile.BadZipFile("no end of central directory record")
+    (directory,) = struct.unpack_from("<I", tail, end + 12)
+    if end >= 20 and tail[end - 20:end - 16] == b"PK\x06\x07":
+        (offset,) = struct.unpack_from("<Q", tail, end - 12)
+        f.seek(offset)
+        record = f.read(56)
+        if len(record) == 56 and record[:4] == b"PK\x06\x06":
+            (directory,) = struct.unpack_from("<Q", record, 40)
+    return directory
+
+
+def _check_tensors(body: Any, path: Path) -> None:
+    """Refuse nesting deeper than :data:`_MAX_DEPTH` and any tensor :func:`_check_tensor` refuses."""
+    import torch
+
+    stack = [(body, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, torch.Tensor):
+            _check_tensor(value, path, where)
+            continue
+        if isinstance(value, dict):
+            items = [(f"{where}[{k!r}]", v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            continue
+        if depth >= _MAX_DEPTH:
+            raise InvalidInputError(f"{path}: nests deeper than {_MAX_DEPTH} levels at {where}")
+        stack += [(v, w, depth + 1) for w, v in items]
+
+
+def _check_tensor(t: Any, path: Path, where: str) -> None:
+    """Refuse a tensor that addresses more than its storage holds.
+
+    ``torch.load`` keeps the strides it reads, so a few bytes with zero (broadcast) or
+    overlapping strides can declare any shape, which the first copy would allocate. Sorted by
+    stride, each dimension must step past all the elements the smaller ones span; then the
+    elements declared fit in the storage.
+    """
+    import torch
+
+    what = f"the tensor at {where}" if where else "the tensor"
+    if t.layout != torch.strided or t.is_quantized or t.is_nested or t.device.type != "cpu":
+        raise InvalidInputError(f"{path}: {what} is not a dense CPU tensor ({t.layout}, {t.dtype}); only those "
+                                "are read")
+    if t.numel() == 0:
+        return
+    span = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride < span:
+            span = -1
+            break
+        span += stride * (size - 1)
+    stored = t.untyped_storage().nbytes()
+    if span < 0 or (t.storage_offset() + span) * t.element_size() > stored:
+        raise InvalidInputError(
+            f"{path}: {what} declares {list(t.shape)} {str(t.dtype).removeprefix('torch.')}, "
+            f"{t.numel() * t.element_size()} bytes, with strides {list(t.stride())} over a storage of {stored} "
+            "bytes; zero or overlapping strides (a broadcast) are refused: a file cannot hold more than it stores")
 
 
 def split_labels(kind: str, images: np.ndarray, raw: np.ndarray, details: dict[str, Any]) -> Distilled:
@@ -192,7 +315,7 @@ def stats_record(stats: Stats) -> dict[str, Any]:
 
 
 def to_uint8(d: Distilled, stats: Stats, zca_inverse: str | os.PathLike[str] | None,
-             allow_clipping: bool) -> Distilled:
+             allow_clipping: bool, max_bytes: int = MAX_BYTES) -> Distilled:
     """Un-whiten (when given the ZCA inverse), de-normalise, scale to 0..255, round and clip.
 
     The clipped values are counted and recorded; more than :data:`MAX_CLIPPED_FRACTION` of them
@@ -208,7 +331,7 @@ def to_uint8(d: Distilled, stats: Stats, zca_inverse: str | os.PathLike[str] | N
         raise InvalidInputError(f"normalisation {name!r} has {len(mean)} channels, the images have {x.shape[1]}")
     details = d.distillation["details"]
     if zca_inverse is not None:
-        x, details["zca"] = _unwhiten(x, Path(zca_inverse))
+        x, details["zca"] = _unwhiten(x, Path(zca_inverse), max_bytes)
     x = (x * np.array(std).reshape(1, -1, 1, 1) + np.array(mean).reshape(1, -1, 1, 1)) * 255
     x = np.rint(x)
     outside = np.maximum(-x, x - 255)  # levels outside 0..255; <= 0 inside
@@ -233,9 +356,9 @@ def to_uint8(d: Distilled, stats: Stats, zca_inverse: str | os.PathLike[str] | N
     return d
 
 
-def _unwhiten(x: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _unwhiten(x: np.ndarray, path: Path, max_bytes: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Undo kornia's ZCAWhitening: x = z @ transform_inv + mean_vector, per flattened image."""
-    body = load_pt(path)
+    body = load_pt(path, max_bytes=max_bytes)
     if not isinstance(body, dict) or not {"transform_inv", "mean_vector"} <= set(body):
         raise InvalidInputError(f"{path}: expected a dict with 'transform_inv' [D, D] and 'mean_vector' [1, D]")
     inv = tensor(body["transform_inv"], "transform_inv").astype(np.float64)
@@ -249,10 +372,14 @@ def _unwhiten(x: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def tensor(value: Any, name: str) -> np.ndarray:
-    """A loaded tensor as a numpy array; anything else is refused."""
+    """A tensor from :func:`load_pt` as a numpy array; anything else is refused."""
     if not hasattr(value, "detach"):
         raise InvalidInputError(f"{name}: expected a tensor, got {type(value).__name__}")
-    return value.detach().cpu().numpy()
+    try:
+        return value.detach().numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise InvalidInputError(f"{name}: numpy cannot hold this {value.dtype} tensor ({exc}); re-save it as "
+                                "float32") from None
 
 
 def scalar(value: Any, name: str) -> float:
@@ -265,6 +392,10 @@ def scalar(value: Any, name: str) -> float:
     return number
 
 
+_MAX_RECORDED = 1 << 12
+"""Numbers one tensor may add to the provenance (accuracies, a learned lr): a record, not data."""
+
+
 def json_numbers(value: Any) -> Any:
     """``value`` as JSON (dicts, lists, floats), or ``None`` when it holds anything else."""
     if isinstance(value, dict):
@@ -274,9 +405,7 @@ def json_numbers(value: Any) -> Any:
         items = [json_numbers(v) for v in value]
         return None if any(v is None for v in items) else items
     if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return json_numbers(value.tolist())
+        return json_numbers(value.detach().tolist()) if value.numel() <= _MAX_RECORDED else None
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value):
         return float(value)
     return None

@@ -10,21 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..sources import _Limits
 from ._common import Distilled, files_record, json_numbers, load_pt, split_labels, tensor
 
 READS = ("dc", "dsa", "dm")
 """The kinds this module reads."""
 
 
-def read(kind: str, src: Path, experiment: int) -> Distilled:
+def read(kind: str, src: Path, experiment: int, limits: _Limits) -> Distilled:
     """Experiment ``experiment`` of ``src`` (a res_*.pt file, or a folder holding exactly one)."""
+    within = None
     if src.is_dir():
         found = sorted(src.glob("res_*.pt"))
         if len(found) != 1:
             raise InvalidInputError(f"{src}: expected one res_*.pt file, found {len(found)}; give the file as the "
                                     "source")
-        src = found[0]
-    body = load_pt(src)
+        src, within = found[0], src
+    body = load_pt(src, max_bytes=limits.max_bytes, within=within)
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, (list, tuple)) or not data:
         raise InvalidInputError(f"{src.name}: expected a dict with a non-empty 'data' list of [images, labels]")
