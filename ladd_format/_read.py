@@ -39,16 +39,19 @@ from .manifest import (
 
 SUPPORTED_MAJOR = int(FORMAT_VERSION.split(".")[0])
 
-# Limits on what a container may declare for what it stores (SPEC.md section 12): checked
+# Limits on what a container may declare for what it stores (SPEC.md section 12), checked
 # before any chunk is read, so that work and memory follow the stored bytes.
 MAX_METADATA_BYTES = 1 << 22
-"""A zarr.json larger than 4 MiB is refused unread."""
-MAX_CHUNK_BYTES = 1 << 28
-"""A chunk may decode to at most 256 MiB."""
-FREE_ARRAY_BYTES = 1 << 26
-"""An array may decode to 64 MiB whatever it stores; beyond that, to at most ..."""
+"""A zarr.json may take 4 MiB (a manifest with 100,000 long class names fits)."""
+MAX_CHUNK_BYTES = 1 << 25
+"""A chunk may decode to 32 MiB: eight times the 4 MiB writers aim at, an image of 3,300 x 3,300 RGB."""
+FREE_ARRAY_BYTES = 1 << 24
+"""An array may decode to 16 MiB whatever it stores, and beyond that ..."""
 MAX_EXPANSION = 1 << 10
-"""... 1024 times the bytes its chunks occupy (about gzip's ceiling)."""
+"""... to at most 1024 times the bytes its chunks occupy (about gzip's ceiling)."""
+FREE_IMAGES = 1 << 20
+"""A container may declare 2**20 images, and beyond that one per byte its chunks occupy: a
+reader holds every hard label in memory."""
 INTEGER_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
 
@@ -258,10 +261,7 @@ def open(location: str | os.PathLike[str], *, verify: bool = True) -> LaddDatase
         if verify:
             dataset.verify()
     except BaseException:
-        try:
-            store.close()
-        except Exception:  # the error being raised is the one that matters
-            pass
+        store.close()  # safe: open_store hands over an opened store
         raise
     return dataset
 
@@ -290,11 +290,15 @@ def _open(store: Store, sizes: dict[str, int], where: str) -> LaddDataset:
     }
     if set(manifest.arrays) != set(expected):
         raise SchemaError(f"{where}: manifest lists arrays {sorted(manifest.arrays)}, expected {sorted(expected)}")
-    metadata, chunk_codecs = {}, {}
+    metadata, chunk_codecs, occupied = {}, {}, 0
     for name, (dtype, shape) in expected.items():
         meta = _read_json(store, sizes, f"{name}/zarr.json", where, missing=f"array {name!r} is missing")
-        chunk_codecs[name] = _check_array(meta, name, manifest, dtype, shape, sizes, where)
+        chunk_codecs[name], stored = _check_array(meta, name, manifest, dtype, shape, sizes, where)
         metadata[f"{name}/zarr.json"] = json.dumps({**meta, "codecs": meta["codecs"][:1]}).encode()
+        occupied += stored
+    if manifest.num_images > max(FREE_IMAGES, occupied):
+        raise LimitExceededError(f"{where}: {manifest.num_images} images for {occupied} bytes of chunks; beyond "
+                                 f"{FREE_IMAGES} images a container stores at least one byte per image")
     bounded = BoundedStore(store, metadata=metadata, codecs=chunk_codecs, where=where)
     try:
         arrays = {name: zarr.open_array(bounded, path=name, mode="r", zarr_format=3) for name in expected}
@@ -367,9 +371,10 @@ def _check_version(body: Any, where: str) -> None:
 
 
 def _check_array(meta: Any, name: str, manifest: Manifest, dtype: str | None, shape: tuple[int, ...],
-                 sizes: dict[str, int], where: str) -> ChunkCodec:
+                 sizes: dict[str, int], where: str) -> tuple[ChunkCodec, int]:
     """Check one array's zarr.json against the manifest and section 2, and its chunks against
-    the listing; return how its chunks are stored. Nothing here grows with declared sizes."""
+    the listing; return how its chunks are stored and the bytes they occupy. Nothing here
+    grows with declared sizes."""
     what = f"{where}: array {name!r}"
     if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
         raise SchemaError(f"{what}: zarr.json is not Zarr v3 array metadata")
@@ -408,7 +413,7 @@ def _check_array(meta: Any, name: str, manifest: Manifest, dtype: str | None, sh
     if decoded > FREE_ARRAY_BYTES and decoded > MAX_EXPANSION * occupied:
         raise LimitExceededError(f"{what} decodes to {decoded} bytes from {occupied} stored, more than "
                                  f"{MAX_EXPANSION} times as many")
-    return chunk
+    return chunk, occupied
 
 
 def _ints(value: Any) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 import zarr.core.sync as zarr_sync
 from numcodecs import zstd
-from zarr.abc.store import RangeByteRequest, Store
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
@@ -183,7 +183,7 @@ class ChunkCodec:
         """The most bytes one chunk may occupy: beyond the worst case of zstd and gzip."""
         return self.size if self.compressor is None else self.size + self.size // 64 + 4096
 
-    def decode(self, data: bytes, what: str) -> bytes | bytearray:
+    def decode(self, data: bytes | memoryview, what: str) -> bytes | bytearray | memoryview:
         """The chunk's decoded bytes; decompression stops at ``size``, so a chunk that would
         inflate further is refused without ever holding more."""
         if len(data) > self.max_stored:
@@ -225,7 +225,8 @@ class BoundedStore(WrapperStore[Store]):
         super().__init__(store)
         self._metadata, self._codecs, self._where = metadata, codecs, where
 
-    async def get(self, key: str, prototype: BufferPrototype, byte_range: object = None) -> Buffer | None:
+    async def get(self, key: str, prototype: BufferPrototype,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
         if key in self._metadata:
             return prototype.buffer.from_bytes(self._metadata[key])
         name, _, rest = key.partition("/")
@@ -236,7 +237,8 @@ class BoundedStore(WrapperStore[Store]):
         data = await self._store.get(key, prototype, RangeByteRequest(0, codec.max_stored + 1))
         if data is None:
             raise IncompleteContainerError(f"{what} is missing; a missing chunk would read as zeros")
-        return prototype.buffer.from_bytes(await asyncio.to_thread(codec.decode, data.to_bytes(), what))
+        decoded = await asyncio.to_thread(codec.decode, data.as_buffer_like(), what)
+        return prototype.buffer.from_array_like(np.frombuffer(decoded, dtype=np.uint8))  # no copy
 
 
 def array_digest(array: object, rows_per_block: int) -> str:

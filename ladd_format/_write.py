@@ -16,7 +16,9 @@ from pydantic import ValidationError
 from . import __version__
 from ._encodings import Encoding, resolve_encoding, uint_dtype
 from ._store import check_target, fsync_tree, is_zip_path, pack_dir, place, staging_dir
-from .errors import InvalidInputError
+from ._read import MAX_CHUNK_BYTES
+from ._read import open as open_container
+from .errors import InvalidInputError, LaddError
 from .manifest import (
     ATTRIBUTE_KEY,
     ArrayRecord,
@@ -139,6 +141,11 @@ class Writer:
         label_dtype = _label_dtype(self.num_classes)
         self._specs = {"images": ("uint8", (self.num_images, *shape)), "labels": (str(label_dtype), (self.num_images,)),
                        **self._enc.stored_specs(self.num_images, self._sampler.num_crops, self.num_classes)}
+        for name, (dtype, dims) in self._specs.items():
+            row_bytes = np.dtype(dtype).itemsize * int(np.prod(dims[1:], dtype=np.int64))
+            if row_bytes > MAX_CHUNK_BYTES:
+                raise InvalidInputError(f"{name}: one image takes {row_bytes} bytes, more than the {MAX_CHUNK_BYTES} "
+                                        "a chunk may hold (SPEC.md section 12)")
         self._meta = dict(class_names=class_names, mean=mean, std=std, temperature=temperature,
                           labeler=labeler, distillation=distillation, extra=extra)
         self._manifest(mean=mean if mean is not None else [0.5] * shape[2],
@@ -186,26 +193,32 @@ class Writer:
         self._flush(final=self.appended == self.num_images)
 
     def close(self) -> Path:
-        """Commit: check the count, write the manifest last, fsync, move into place."""
+        """Commit: check the count, write the manifest last, fsync, check the stage as a reader
+        would, move into place. Any failure (Ctrl-C included) removes the stage."""
         if self._done:
             return self.path
         if self.appended != self.num_images:
             self.abort()
             raise InvalidInputError(f"{self.path}: {self.appended} of the {self.num_images} stated images were "
                                     "appended; nothing was written")
-        mean, std = self._meta["mean"], self._meta["std"]
-        if self._stats is not None:
-            auto_mean, auto_std = self._stats.result()
-            mean = auto_mean if mean is None else mean
-            std = auto_std if std is None else std
-        manifest = self._manifest(mean=mean, std=std, counts=self._counts,
-                                  digests={name: h.hexdigest() for name, h in self._hashes.items()})
-        self._group.attrs.update({ATTRIBUTE_KEY: manifest.to_json()})  # last: marks the stage complete
-        fsync_tree(self._stage)
-        if is_zip_path(self.path):
-            pack_dir(self._stage, self.path)
-        else:
-            place(self._stage, self.path)
+        try:
+            mean, std = self._meta["mean"], self._meta["std"]
+            if self._stats is not None:
+                auto_mean, auto_std = self._stats.result()
+                mean = auto_mean if mean is None else mean
+                std = auto_std if std is None else std
+            manifest = self._manifest(mean=mean, std=std, counts=self._counts,
+                                      digests={name: h.hexdigest() for name, h in self._hashes.items()})
+            self._group.attrs.update({ATTRIBUTE_KEY: manifest.to_json()})  # last: marks the stage complete
+            fsync_tree(self._stage)
+            _check_readable(self._stage, self.path)
+            if is_zip_path(self.path):
+                pack_dir(self._stage, self.path)
+            else:
+                place(self._stage, self.path)
+        except BaseException as exc:
+            self._finish(exc)
+            raise
         self._finish(None)
         return self.path
 
@@ -299,6 +312,16 @@ class Writer:
                 self._stage_cm.__exit__(None, None, None)
             else:
                 self._stage_cm.__exit__(type(error), error, None)
+
+
+def _check_readable(stage: Path, target: Path) -> None:
+    """Refuse to publish what a reader refuses: the limits of SPEC.md section 12 depend on the
+    stored (compressed) bytes, known only now."""
+    try:
+        open_container(stage, verify=False).close()
+    except LaddError as exc:
+        raise InvalidInputError(f"{target}: a reader would refuse this container, so nothing was written "
+                                f"(blank data? write it with compression=None): {exc}") from None
 
 
 def _count(value: Any, name: str, low: int) -> int:

@@ -251,11 +251,18 @@ def _finished(path: Path, config: LabelerConfig, epochs: int, device: str | torc
     return labeler
 
 
+_ACTIVATION_BYTES_PER_PIXEL = 1536
+"""Peak inference bytes per input pixel of a width-128 first layer (128 channels x 4 B x 3
+live maps): the estimate that sizes a labeler's forward passes."""
+
+
 def crops_per_pass(input_size: tuple[int, int], device: torch.device) -> int:
-    """Default crops per labeler forward pass: enough to keep a device busy, few enough that a
-    224 px teacher's activations stay near 1 GiB on a CPU (83 crops there, 1,000 at 28-32 px)."""
-    budget = (1 << 22) if device.type == "cpu" else (1 << 26)
-    return max(1, min(1000 if device.type == "cpu" else 4096, budget // (input_size[0] * input_size[1])))
+    """Default crops per labeler forward pass: activations of about 512 MiB on a CPU (the
+    RSS bound of labeling is images + stored dense labels + 1 GiB) or a quarter of the free
+    memory on CUDA, estimated for a width-128 first layer: 445 crops at 28 px, 85 at 64 px,
+    21 at 128 px, 6 at 224 px on a CPU."""
+    budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 512 << 20
+    return max(1, int(budget // (_ACTIVATION_BYTES_PER_PIXEL * input_size[0] * input_size[1])))
 
 
 @torch.no_grad()
@@ -278,14 +285,15 @@ def label_batches(images: Any, labeler: Labeler, *, sampler: UniformSampler | No
         raise InvalidInputError(f"images are {shape} [M, H, W, C]; the labeler takes {labeler.config.in_channels} "
                                 "channel(s)")
     per_pass = batch_size or crops_per_pass(labeler.input_size, labeler.device)
-    step = max(1, per_pass // sampler.num_crops)
+    step = max(1, per_pass // sampler.num_crops)  # images per batch; a pass may hold part of one
     size = None if labeler.input_size == shape[1:3] else labeler.input_size
     with tqdm(total=shape[0], desc="label crops", unit="img", disable=not progress) as bar:
         for start in range(0, shape[0], step):
             rows = slice(start, min(start + step, shape[0]))
             batch = torch.as_tensor(np.asarray(images[rows])).permute(0, 3, 1, 2).to(labeler.device)
             crops = sampler.crops(batch, flatten=True, **({"size": size} if size else {}))  # image-major, 0..255
-            probs = torch.softmax(labeler.logits(crops) / temperature, dim=-1)
+            logits = torch.cat([labeler.logits(crops[i:i + per_pass]) for i in range(0, len(crops), per_pass)])
+            probs = torch.softmax(logits / temperature, dim=-1)
             yield rows, probs.view(len(batch), sampler.num_crops, -1).cpu().numpy().astype(np.float32, copy=False)
             bar.update(len(batch))
 

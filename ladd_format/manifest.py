@@ -154,7 +154,7 @@ class Manifest(_Model):
     @model_validator(mode="before")
     @classmethod
     def _portable(cls, data: Any) -> Any:
-        _check_portable(data, "")
+        _check_portable(data)
         return data
 
     @field_validator("class_names")
@@ -199,27 +199,29 @@ def _as_tuple(version: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def _check_portable(value: Any, path: str) -> None:
+def _check_portable(data: Any) -> None:
     """Refuse what RFC 8785 implementations would serialise differently: strings with a lone
-    surrogate (they have no UTF-8 form) and integers beyond +-(2**53 - 1)."""
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{path or 'value'}: a string with a lone surrogate has no UTF-8 form") from None
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
-        digits = str(abs(value))
-        raise ValueError(f"{path or 'value'}: an integer of {len(digits)} digits ({digits[:6]}...) is beyond "
-                         "+-(2**53 - 1)")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_portable(item, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_portable(key, path)
-            _check_portable(item, f"{path}.{key}".lstrip("."))
+    surrogate (they have no UTF-8 form) and integers beyond +-(2**53 - 1). Iterative, so that
+    nesting depth is pydantic's to refuse."""
+    pending = [(data, "")]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{path or 'value'}: a string with a lone surrogate has no UTF-8 form") from None
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+            digits = str(abs(value))
+            raise ValueError(f"{path or 'value'}: an integer of {len(digits)} digits ({digits[:6]}...) is beyond "
+                             "+-(2**53 - 1)")
+        elif isinstance(value, (list, tuple)):
+            pending.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                pending += [(key, path), (item, f"{path}.{key}".lstrip("."))]
 
 
 def manifest_digest(body: dict[str, Any]) -> str:

@@ -171,3 +171,19 @@ def test_augment_streams_batches_into_the_writer(source, tmp_path, monkeypatch):
     with pytest.raises(InvalidInputError, match="classes"):
         augment(tmp_path / "bad.ladd", images, labels + 10, lab, progress=False)
     assert not (tmp_path / "bad.ladd").exists()
+
+
+def test_labeler_passes_can_be_smaller_than_one_image(source):
+    from ladd_format.labeler import crops_per_pass, label_batches, label_crops
+
+    lab = train_labeler(source, width=8, epochs=1, progress=False)
+    calls = []
+    original = lab.logits
+    lab.logits = lambda x: (calls.append(len(x)), original(x))[1]
+    images = source.train_images[:3]
+    parts = [d for _, d in label_batches(images, lab, batch_size=10, progress=False)]
+    assert calls == [10, 10, 5] * 3 and len(parts) == 3  # one image a batch, its 25 crops in 3 passes
+    lab.logits = original
+    np.testing.assert_allclose(np.concatenate(parts), label_crops(images, lab, progress=False), rtol=0, atol=1e-6)
+    cpu = torch.device("cpu")
+    assert [crops_per_pass((s, s), cpu) for s in (28, 64, 128, 224)] == [445, 85, 21, 6]
