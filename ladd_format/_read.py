@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import codecs
 import copy
+import hashlib
 import json
 import math
 import os
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -109,7 +111,7 @@ class LaddDataset:
     """An open container. Arrays are read lazily; labels are small and read at open."""
 
     def __init__(self, store: Store, manifest: Manifest, arrays: dict[str, zarr.Array], location: str,
-                 encoding: Encoding, sizes: dict[str, int]) -> None:
+                 encoding: Encoding, sizes: dict[str, int], verify_on_read: bool = False) -> None:
         self._store = store
         self._arrays = arrays
         self._sizes = sizes
@@ -118,7 +120,10 @@ class LaddDataset:
         self.encoding = encoding
         self._rows: np.ndarray | None = None  # a view's rows of the container; None: all of them
         m = manifest
-        self._readers = readers = {name: _zarr_reader(a, location) for name, a in arrays.items()}
+        self._read_digests = {name: _ReadDigest(name, m.arrays[name].sha256, a.shape[0], location)
+                              for name, a in arrays.items()} if verify_on_read else {}
+        self._readers = readers = {name: _zarr_reader(a, location, self._read_digests.get(name))
+                                   for name, a in arrays.items()}
         self.images = LazyArray(readers["images"], tuple(arrays["images"].shape), np.uint8)
         self.labels = readers["labels"](slice(None)).astype(np.int64)
         decode = encoding.decoder(readers)
@@ -165,6 +170,10 @@ class LaddDataset:
         view.dense_labels = view._dense_values if self.dense_labels is self._dense_values \
             else _follow(self.dense_labels, index)
         return view
+
+    def verified_arrays(self) -> list[str]:
+        """Arrays whose digest a ``verify="read"`` dataset has checked so far."""
+        return [name for name, digest in self._read_digests.items() if digest.verified]
 
     def stored_dense(self) -> dict[str, LazyArray]:
         """The encoding's stored arrays, undecoded, for this dataset's (or view's) rows: what
@@ -248,17 +257,23 @@ class LaddDataset:
         self.close()
 
 
-def open(location: str | os.PathLike[str], *, verify: bool = True) -> LaddDataset:  # noqa: A001
+def open(location: str | os.PathLike[str], *, verify: bool | str = True) -> LaddDataset:  # noqa: A001
     """Open a container (directory, ``.zip`` file, or fsspec URL) read-only.
 
     Structure, manifest and manifest digest are always checked; ``verify=True`` also
-    recomputes every array digest (reads every byte once).
+    recomputes every array digest now (reads every byte once). ``verify="read"`` checks each
+    array's digest while it is read in full instead (``np.asarray(ds.images)``, a
+    ``DeviceLoader`` upload): one pass instead of two, an :class:`IntegrityError` from the
+    read that completes a damaged array; rows read piecemeal are not checked.
+    ``ds.verified_arrays()`` lists the arrays checked so far.
     """
+    if verify not in (True, False, "read"):
+        raise InvalidInputError(f"verify must be True, False or 'read', not {verify!r}")
     where = os.fspath(location)
     store, sizes = open_store(location)
     try:
-        dataset = _open(store, sizes, where)
-        if verify:
+        dataset = _open(store, sizes, where, verify_on_read=verify == "read")
+        if verify is True:
             dataset.verify()
     except BaseException:
         store.close()  # safe: open_store hands over an opened store
@@ -266,7 +281,7 @@ def open(location: str | os.PathLike[str], *, verify: bool = True) -> LaddDatase
     return dataset
 
 
-def _open(store: Store, sizes: dict[str, int], where: str) -> LaddDataset:
+def _open(store: Store, sizes: dict[str, int], where: str, verify_on_read: bool = False) -> LaddDataset:
     """Section 7 of the spec, with every size checked against what is stored before zarr
     (which trusts declared shapes) sees the arrays."""
     root = _read_json(store, sizes, "zarr.json", where)
@@ -304,7 +319,7 @@ def _open(store: Store, sizes: dict[str, int], where: str) -> LaddDataset:
         arrays = {name: zarr.open_array(bounded, path=name, mode="r", zarr_format=3) for name in expected}
     except Exception as exc:  # zarr's own checks of the metadata
         raise SchemaError(f"{where}: array metadata (zarr.json) that zarr refuses: {exc}") from None
-    dataset = LaddDataset(bounded, manifest, arrays, where, encoding, sizes)
+    dataset = LaddDataset(bounded, manifest, arrays, where, encoding, sizes, verify_on_read)
     labels = dataset.labels
     if labels.size and (labels.min() < 0 or labels.max() >= manifest.num_classes):
         raise SchemaError(f"{where}: hard labels outside [0, {manifest.num_classes})")
@@ -445,9 +460,40 @@ def _stored_chunks(sizes: dict[str, int], name: str, ndim: int, count: int) -> t
     return len(found), found
 
 
-def _zarr_reader(array: zarr.Array, where: str) -> Callable[[Any], np.ndarray]:
+class _ReadDigest:
+    """Checks an array's sha256 while it is read: slices that continue where the last one
+    ended (a full read, or a loader's block after block) are hashed, and reaching the last row
+    compares the digest, so one pass both reads and verifies. A read from row 0 starts over."""
+
+    def __init__(self, name: str, sha256: str, rows: int, where: str) -> None:
+        self._name, self._sha256, self._rows, self._where = name, sha256, rows, where
+        self._lock = threading.Lock()
+        self._hash, self._next, self.verified = hashlib.sha256(), 0, False
+
+    def feed(self, selection: Any, block: np.ndarray) -> None:
+        if self.verified or not isinstance(selection, slice):
+            return
+        start, stop, step = selection.indices(self._rows)
+        with self._lock:
+            if step != 1 or start not in (0, self._next) or stop <= start:
+                return
+            if start == 0:
+                self._hash, self._next = hashlib.sha256(), 0
+            self._hash.update(np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).view(np.uint8).reshape(-1))
+            self._next = stop
+            if stop < self._rows:
+                return
+            digest = self._hash.hexdigest()
+        if digest != self._sha256:
+            raise IntegrityError(f"{self._where}: array {self._name!r} does not match its digest (stored sha256 "
+                                 f"{self._sha256[:12]}..., content {digest[:12]}...)")
+        self.verified = True
+
+
+def _zarr_reader(array: zarr.Array, where: str, digest: _ReadDigest | None = None) -> Callable[[Any], np.ndarray]:
     """Reads along the image axis; every failure is typed, and stored floats must be finite
-    (NaN or infinity in a stored label is a schema error: writers refuse them)."""
+    (NaN or infinity in a stored label is a schema error: writers refuse them). With
+    ``digest``, what is read is also checked against the manifest (``verify="read"``)."""
     name, floats = array.basename, array.dtype.kind == "f"
 
     def read(selection: Any) -> np.ndarray:
@@ -462,6 +508,8 @@ def _zarr_reader(array: zarr.Array, where: str) -> Callable[[Any], np.ndarray]:
             raise IntegrityError(f"{where}: array {name!r} cannot be decoded: {exc}") from None
         if floats and not np.isfinite(out).all():
             raise SchemaError(f"{where}: array {name!r} holds a non-finite value (NaN or infinity)")
+        if digest is not None:
+            digest.feed(selection, out)
         return out
 
     return read
