@@ -1,6 +1,6 @@
 """Scale: ImageNet-shaped containers (K = 1,000) as the number of images M grows.
 
-    python benchmarks/scale.py                 # M = 1,000 / 4,000 / 16,000 at 64 and 128 px (about 10 min, 2 cores)
+    python benchmarks/scale.py                 # M = 1,000 / 4,000 / 16,000 at 64 and 128 px (about 11 min, 2 cores)
     python benchmarks/scale.py --quick         # a smoke run of about a minute (M = 16 / 48 at 32 px)
     python benchmarks/scale.py --full --device cuda   # the issue's sizes: M up to 50,000, 64 / 128 / 224 px
 
@@ -12,9 +12,10 @@ process so that its peak RSS (Linux VmHWM, not ru_maxrss) is its own:
 
 - write: seconds, MB/s of the stored and of the logical bytes, peak RSS; against np.save +
   fsync + sha256 of the same stored arrays, streamed in the same blocks;
-- read: ``open(verify=False)`` + the images + the stored dense arrays, ``open(verify=True)``,
-  the decode to float32 (``np.asarray(ds.dense_labels)``), against ``np.load`` of those .npy
-  files (page cache warm on both sides: the files were just written);
+- read: ``open(verify=False)`` + the images + the stored dense arrays, ``open(verify=True)``
+  and (where the library has it) ``open(verify="read")`` + the same reads, the decode to
+  float32 (``np.asarray(ds.dense_labels)``), against ``np.load`` of those .npy files (page
+  cache warm on both sides: the files were just written);
 - ``DeviceLoader``: start-up seconds, bytes held (``loader.memory()``, host and device) and the
   peak RSS growth of a fresh process that opens, loads and renders one batch, against the
   stored images and dense arrays;
@@ -26,7 +27,9 @@ process so that its peak RSS (Linux VmHWM, not ru_maxrss) is its own:
   library's default crops per pass.
 
 Then how each figure grows with M (ratios between consecutive M) and the goals, met or not
-with the measured ratio. The tables are printed and written to ``--out``
+with the measured ratio. The default run keeps to about 11 minutes: at M = 16,000 it runs
+uint8 and topk at 128 px and float32 at 64 px (``--all-encodings`` or ``--full`` runs all).
+GPU figures: ``--device cuda`` (device memory from ``torch.cuda.max_memory_allocated``). The tables are printed and written to ``--out``
 (benchmarks/results/scale.md). The run waits (up to ``--wait`` s) for the 1-minute load average
 to fall below 1.0 first, and records the load and other processes' CPU use before each case.
 """
