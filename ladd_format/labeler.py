@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import os
-import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,10 +158,10 @@ def load_labeler(path: str | os.PathLike[str], device: str | torch.device | None
     try:
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except pickle.UnpicklingError:
-        raise LabelerError(f"{path}: the file needs unpickling, which could run code; refused "
-                           "(a labeler checkpoint is a plain state dict)") from None
-    except (RuntimeError, TypeError, ValueError, EOFError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch reports unusable files with many types
+        if type(exc).__name__ == "UnpicklingError":  # matched by name: the library imports no pickle module
+            raise LabelerError(f"{path}: the file needs unpickling, which could run code; refused "
+                               "(a labeler checkpoint is a plain state dict)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LabelerError(f"{path}: not weights of the network in {meta_path.name} ({first})") from None
     return Labeler(model.to(resolve_device(device)), config, epochs, digest)

@@ -17,7 +17,6 @@ import importlib
 import io
 import math
 import os
-import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -261,12 +260,12 @@ def _state_dict(path: Path, data: bytes) -> dict[str, torch.Tensor]:
                            "that nor its legacy format)")
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # the Python object it would import
-        why = f"it refers to {found.group(1)}" if found else _first_line(exc)
-        raise LabelerError(f"{path}: refused, would need unpickling, which could run code ({why}); "
-                           "save the weights as a plain state dict: torch.save(model.state_dict(), path)") from None
     except Exception as exc:  # noqa: BLE001 - a damaged archive raises RuntimeError, EOFError, struct.error, ...
+        if type(exc).__name__ == "UnpicklingError":  # matched by name: the library imports no pickle module
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # the Python object it would import
+            why = f"it refers to {found.group(1)}" if found else _first_line(exc)
+            raise LabelerError(f"{path}: refused, would need unpickling, which could run code ({why}); "
+                               "save the weights as a plain state dict: torch.save(model.state_dict(), path)") from None
         raise LabelerError(f"{path}: not a readable torch file ({type(exc).__name__}: {_first_line(exc)})") from None
     if isinstance(obj, Mapping):
         obj = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), obj)
