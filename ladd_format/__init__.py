@@ -1,6 +1,6 @@
 """ladd_format: publish, load and measure label-augmented distilled datasets (LADD).
 
-The public API is small: :func:`write` (and :class:`Writer` for data in pieces), :func:`open`, :func:`pack`, :class:`LaddDataset`,
+The public API is small: :func:`write` (and :class:`Writer` for data in pieces), :func:`open`, :func:`pack`, :func:`sweep`, :class:`LaddDataset`,
 the manifest models in :mod:`ladd_format.manifest`, the errors in :mod:`ladd_format.errors`,
 :class:`UniformSampler` (the one crop function) and :class:`DeviceLoader`/:class:`CropDataset`
 (feeding trainers); the pipeline lives in :mod:`sources`, :mod:`models`, :mod:`labeler`,
@@ -13,16 +13,20 @@ __version__ = "0.1.0"
 
 from ._read import LaddDataset, LazyArray, open  # noqa: E402
 from ._pack import pack  # noqa: E402
+from ._store import sweep  # noqa: E402
 from ._write import Writer, write  # noqa: E402
 from .errors import (  # noqa: E402
     ContainerExistsError,
     ContainerNotFoundError,
     IncompleteContainerError,
     IndexOutOfRangeError,
+    InputTooLargeError,
     IntegrityError,
     InvalidInputError,
     LaddError,
+    LimitExceededError,
     SchemaError,
+    UnsafePathError,
     UnsupportedEncodingError,
     VersionError,
 )
@@ -52,20 +56,24 @@ __all__ = [
     "ContainerNotFoundError",
     "IncompleteContainerError",
     "IndexOutOfRangeError",
+    "InputTooLargeError",
     "IntegrityError",
     "InvalidInputError",
     "LaddDataset",
     "LaddError",
     "LazyArray",
+    "LimitExceededError",
     "Manifest",
     "Overhead",
     "SchemaError",
+    "UnsafePathError",
     "UnsupportedEncodingError",
     "VersionError",
     "open",
     "overhead",
     "pack",
     "reencode",
+    "sweep",
     "write",
     "Writer",
 ]

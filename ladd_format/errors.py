@@ -19,6 +19,15 @@ class IndexOutOfRangeError(InvalidInputError, IndexError):
     """An image index or count lies outside what the container holds."""
 
 
+class InputTooLargeError(InvalidInputError):
+    """An input (a file to import, a checkpoint) declares more than a stated limit; the message
+    says how to raise the limit."""
+
+
+class UnsafePathError(InvalidInputError):
+    """A path inside a folder being read leads outside it, or is not a regular file (a FIFO blocks)."""
+
+
 class ContainerExistsError(LaddError, FileExistsError):
     """The target path already holds something and ``overwrite`` was not given."""
 

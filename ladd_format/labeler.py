@@ -27,13 +27,15 @@ from tqdm.auto import tqdm
 from ._store import remove, sibling
 from ._torch import normalise, resolve_device
 from ._write import Writer
-from .errors import IntegrityError, InvalidInputError, LaddError
+from .errors import InputTooLargeError, IntegrityError, InvalidInputError, LaddError
 from .presets import Preset, resolve
 from .models import build_model
 from .sampler import UniformSampler
-from .sources import SourceDataset
+from .sources import MAX_BYTES, SourceDataset
 
 LABELER_EPOCHS = 10
+_MAX_META_BYTES = 1 << 20
+"""A labeler's JSON description holds a few settings; anything larger is refused unread."""
 
 
 class LabelerError(InvalidInputError):
@@ -140,15 +142,27 @@ def load_labeler(path: str | os.PathLike[str], device: str | torch.device | None
     if not meta_path.is_file():
         raise LabelerError(f"{path}: a labeler checkpoint needs {meta_path.name} beside it "
                            "(written by train-labeler)")
+    if meta_path.stat().st_size > _MAX_META_BYTES:
+        raise InputTooLargeError(f"{meta_path}: {meta_path.stat().st_size} bytes, more than the "
+                                 f"{_MAX_META_BYTES} a labeler description may have")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
         cfg = meta["config"]
         config = LabelerConfig(**{**cfg, "image_size": tuple(cfg["image_size"]), "mean": tuple(cfg["mean"]),
                                   "std": tuple(cfg["std"])})
         epochs = int(meta["epochs"])
+        with torch.device("meta"):  # sized before anything is allocated: the JSON may declare any width
+            size = sum(t.numel() * t.element_size() for t in _build(config).state_dict().values())
+        if size > MAX_BYTES:
+            raise InputTooLargeError(f"the network it describes holds {size} bytes of weights, more than "
+                                     f"the {MAX_BYTES} a labeler may have")
         model = _build(config)
-    except (ValueError, KeyError, TypeError, LaddError) as exc:
-        raise LabelerError(f"{meta_path}: not a labeler description ({type(exc).__name__}: {exc})") from None
+    except (ValueError, KeyError, TypeError, RuntimeError, RecursionError, LaddError) as exc:
+        error = InputTooLargeError if isinstance(exc, InputTooLargeError) else LabelerError
+        raise error(f"{meta_path}: not a labeler description ({type(exc).__name__}: {exc})") from None
+    if path.stat().st_size > 2 * size + (1 << 20):  # a state dict is its tensors plus a small zip
+        raise InputTooLargeError(f"{path}: {path.stat().st_size} bytes, far more than the {size} bytes of "
+                                 f"weights that {meta_path.name} describes; refused unread")
     weights = path.read_bytes()
     digest = hashlib.sha256(weights).hexdigest()
     expected = meta.get("weights_sha256")

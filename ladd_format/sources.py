@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._write import _channel_stats
-from .errors import InvalidInputError, LaddError
+from .errors import InputTooLargeError, InvalidInputError, LaddError, UnsafePathError  # noqa: F401 - re-exported
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -64,14 +64,6 @@ inputs come from strangers, so what a read may allocate is bounded before it sta
 
 class SourceNotFoundError(LaddError, FileNotFoundError):
     """A source dataset is not installed where the library looks for it."""
-
-
-class UnsafePathError(InvalidInputError):
-    """A path inside a folder being read leads outside it, or is not a regular file (a FIFO blocks)."""
-
-
-class InputTooLargeError(InvalidInputError):
-    """An input declares more than a stated limit; the message says how to raise the limit."""
 
 
 @dataclasses.dataclass(frozen=True)

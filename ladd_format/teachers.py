@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from ._torch import resolve_device
-from .errors import LaddError
+from .errors import InputTooLargeError, LaddError
 from .labeler import Labeler, LabelerConfig, LabelerError, load_labeler
+from .sources import MAX_BYTES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -248,6 +249,9 @@ def _read(path: Path) -> bytes:
     if not path.is_file():
         raise LabelerError(f"{path}: no such file")
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise InputTooLargeError(f"{path}: {path.stat().st_size} bytes, more than the {MAX_BYTES} "
+                                     "a teacher's weights may have; refused unread")
         return path.read_bytes()
     except OSError as exc:
         raise LabelerError(f"{path}: cannot be read ({exc.strerror or exc})") from None

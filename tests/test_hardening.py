@@ -569,3 +569,80 @@ def test_a_container_at_the_limits_reads_within_the_bound(tmp_path):
     assert path.stat().st_size < 100_000
     outcome, rss, _ = _open_in_child(path)
     assert outcome == "opened" and rss < 300, (outcome, rss)
+
+
+# -- 6: labeler checkpoints ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A saved labeler (untrained: loading is what is tested) and its JSON description."""
+    from ladd_format.labeler import Labeler, LabelerConfig, _build
+
+    config = LabelerConfig("convnet", 1, 10, (28, 28), 8, 3, (0.5,), (0.5,), "synthetic", {})
+    Labeler(_build(config), config, 1).save(tmp_path / "lab.pt")
+    return tmp_path / "lab.pt", tmp_path / "lab.pt.json"
+
+
+@pytest.mark.parametrize("field, value", [("width", 10**7), ("num_classes", 10**9), ("depth", 10**6),
+                                          ("image_size", [10**6, 10**6])])
+def test_a_labeler_description_declaring_a_huge_network_is_refused_unbuilt(checkpoint, field, value):
+    from ladd_format.labeler import load_labeler
+
+    pt, meta_path = checkpoint
+    meta = json.loads(meta_path.read_text())
+    meta["config"][field] = value
+    meta_path.write_text(json.dumps(meta))
+    code = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_AS}, {LIMIT_AS}))\n"
+            "from ladd_format.labeler import load_labeler\n"
+            f"try:\n    load_labeler({str(pt)!r})\nexcept Exception as exc:\n    print(type(exc).__name__, exc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1"})
+    assert out.stdout.split()[0] in ("InputTooLargeError", "LabelerError"), (out.stdout, out.stderr[-2000:])
+    assert "not a labeler description" in out.stdout or "more than" in out.stdout
+
+
+def test_an_oversized_labeler_file_is_refused_unread(checkpoint):
+    from ladd_format.labeler import load_labeler
+
+    pt, meta_path = checkpoint
+    with open(pt, "r+b") as f:
+        f.truncate(8 << 30)  # sparse: 8 GiB that would be read whole
+    with pytest.raises(ladd_format.InputTooLargeError, match="far more than the .* bytes of weights"):
+        load_labeler(pt)
+    with open(meta_path, "r+b") as f:
+        f.truncate(2 << 20)
+    with pytest.raises(ladd_format.InputTooLargeError, match="more than the 1048576 a labeler description"):
+        load_labeler(pt)
+
+
+@pytest.mark.parametrize("text", [b"\xff\xfe{", b"[" * 100_000, b'{"config": 1, "epochs": 1}', b"null"])
+def test_a_malformed_labeler_description_is_a_labeler_error(checkpoint, text):
+    from ladd_format.labeler import LabelerError, load_labeler
+
+    pt, meta_path = checkpoint
+    meta_path.write_bytes(text)
+    with pytest.raises(LabelerError, match="not a labeler description"):
+        load_labeler(pt)
+
+
+def test_an_oversized_teacher_file_is_refused_unread(tmp_path, monkeypatch):
+    from ladd_format import teachers
+
+    path = tmp_path / "w.pt"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+    monkeypatch.setattr(teachers, "MAX_BYTES", 1000)
+    with pytest.raises(ladd_format.InputTooLargeError, match="more than the 1000 a teacher's weights may have"):
+        teachers._read(path)
+
+
+def test_the_hardening_errors_are_public():
+    from ladd_format import sources
+
+    assert sources.InputTooLargeError is ladd_format.InputTooLargeError
+    assert sources.UnsafePathError is ladd_format.UnsafePathError
+    for name in ("InputTooLargeError", "UnsafePathError", "LimitExceededError", "sweep"):
+        assert name in ladd_format.__all__
+    assert issubclass(ladd_format.LimitExceededError, SchemaError)
+    assert issubclass(ladd_format.UnsafePathError, InvalidInputError)
