@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import zipfile
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -606,7 +605,7 @@ def _validate(path: Path) -> tuple[int, str, str]:
             rc = exc.code if isinstance(exc.code, int) else 2
         except _Timeout:
             raise
-        except BaseException as exc:  # reported as the failure it is
+        except BaseException:  # reported as the failure it is
             import traceback
 
             traceback.print_exc()

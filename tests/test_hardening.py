@@ -587,8 +587,6 @@ def checkpoint(tmp_path):
 @pytest.mark.parametrize("field, value", [("width", 10**7), ("num_classes", 10**9), ("depth", 10**6),
                                           ("image_size", [10**6, 10**6])])
 def test_a_labeler_description_declaring_a_huge_network_is_refused_unbuilt(checkpoint, field, value):
-    from ladd_format.labeler import load_labeler
-
     pt, meta_path = checkpoint
     meta = json.loads(meta_path.read_text())
     meta["config"][field] = value
