@@ -158,6 +158,8 @@ class Writer:
         self._hashes = {name: hashlib.sha256() for name in self._specs}
         self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self._specs}
         self._written = {name: 0 for name in self._specs}  # rows stored: whole chunks until the end
+        self._chunk_rows = {name: _chunk_rows(dims[0], np.dtype(dtype).itemsize * int(np.prod(dims[1:], dtype=np.int64)))
+                            for name, (dtype, dims) in self._specs.items()}
         self.appended = 0
         self._stage_cm = self._stage = self._group = None
         self._done = False
@@ -175,13 +177,8 @@ class Writer:
         b = imgs.shape[0]
         if self.appended + b > self.num_images:
             raise InvalidInputError(f"{self.appended} + {b} images is more than the {self.num_images} stated")
-        _check_dense(dense, b, self._sampler, self._values)
-        if dense.shape[2] != self.num_classes:
-            raise InvalidInputError(f"dense_labels have {dense.shape[2]} classes, the writer was opened "
-                                    f"for {self.num_classes}")
         labs = _check_labels(labs, b, self.num_classes)
-        batch = {"images": imgs, "labels": labs.astype(self._specs["labels"][0]), **self._enc.encode(dense)}
-        _check_encoded(batch, self._enc)
+        batch = {"images": imgs, "labels": labs.astype(self._specs["labels"][0]), **self._encode(dense, b)}
         if self._stage is None:
             self._open_stage()
         if self._stats is not None:
@@ -251,10 +248,32 @@ class Writer:
         self._group = zarr.create_group(zarr.storage.LocalStore(self._stage), zarr_format=3)
         self._arrays = {}
         for name, (dtype, shape) in self._specs.items():
-            row_bytes = np.dtype(dtype).itemsize * int(np.prod(shape[1:], dtype=np.int64))
             self._arrays[name] = self._group.create_array(
-                name, shape=shape, dtype=dtype, chunks=(_chunk_rows(shape[0], row_bytes), *shape[1:]),
+                name, shape=shape, dtype=dtype, chunks=(self._chunk_rows[name], *shape[1:]),
                 fill_value=0, compressors=codec, dimension_names=names[name], config={"write_empty_chunks": True})
+
+    def _encode(self, dense: np.ndarray, b: int) -> dict[str, np.ndarray]:
+        """Check ``b`` images' dense labels and encode them into the stored arrays."""
+        _check_dense(dense, b, self._sampler, self._values)
+        if dense.shape[2] != self.num_classes:
+            raise InvalidInputError(f"dense_labels have {dense.shape[2]} classes, the writer was opened "
+                                    f"for {self.num_classes}")
+        parts = self._enc.encode(dense)
+        _check_encoded(parts, self._enc)
+        return parts
+
+    def _join_stage(self, stage: Path) -> None:
+        """Write into a stage another process (rank 0) opened; this writer never commits it."""
+        self._hasher = ThreadPoolExecutor(max_workers=1)
+        self._stage = stage
+        self._group = zarr.open_group(zarr.storage.LocalStore(stage), mode="r+", zarr_format=3)
+        self._arrays = {name: self._group[name] for name in self._specs}
+
+    def _put(self, parts: Mapping[str, np.ndarray], *, final: bool) -> None:
+        """Queue already validated rows for some arrays and store their complete chunks."""
+        for name, part in parts.items():
+            self._pending[name].append(part)
+        self._flush(final=final)
 
     def _flush(self, final: bool) -> None:
         """Store every complete chunk row range that all pending parts cover."""

@@ -30,6 +30,7 @@ from ._write import Writer
 from .errors import InputTooLargeError, IntegrityError, InvalidInputError, LaddError
 from .presets import Preset, resolve
 from .models import build_model
+from .distributed import augment_ranks, rank_world
 from .sampler import UniformSampler
 from .sources import MAX_BYTES, SourceDataset
 
@@ -346,14 +347,38 @@ def augment(
         raise InvalidInputError(f"hard labels must be integers in [0, {k}): the labeler has {k} classes")
     write_kwargs.setdefault("mean", list(labeler.config.mean))
     write_kwargs.setdefault("std", list(labeler.config.std))
-    batches = label_batches(images, labeler, sampler=sampler, temperature=temperature, batch_size=batch_size,
-                            progress=progress)
-    with Writer(path, num_images=len(images), image_shape=tuple(images.shape[1:]), num_classes=k,
-                sampler=sampler, temperature=temperature, encoding=encoding, class_names=class_names,
-                labeler=labeler.provenance(), distillation=distillation, overwrite=overwrite, **write_kwargs) as out:
-        for rows, dense in batches:
+    out = Writer(path, num_images=len(images), image_shape=tuple(images.shape[1:]), num_classes=k,
+                 sampler=sampler, temperature=temperature, encoding=encoding, class_names=class_names,
+                 labeler=labeler.provenance(), distillation=distillation, overwrite=overwrite, **write_kwargs)
+    per_pass = _align_passes(out, sampler.num_crops, batch_size or crops_per_pass(labeler.input_size, labeler.device))
+
+    def batches(rows: Any, show: bool = progress) -> Iterator[tuple[slice, np.ndarray]]:
+        return label_batches(rows, labeler, sampler=sampler, temperature=temperature, batch_size=per_pass,
+                             progress=show)
+
+    if rank_world()[1] > 1:
+        return augment_ranks(out, images, labels, lambda rows: batches(rows, False), progress=progress)
+    with out:
+        for rows, dense in batches(images):
             out.append(np.asarray(images[rows]), labels[rows], dense)
     return out.path
+
+
+def _align_passes(writer: Writer, num_crops: int, per_pass: int) -> int:
+    """Crops per labeler pass, with the writer's dense chunks made whole batches of images
+    (all dense arrays share one chunk row count, a multiple of the images per batch), so
+    that ranks splitting the work at chunk boundaries label exactly the batches one process
+    would: the same bytes whatever the number of ranks."""
+    dense = [name for name in writer._chunk_rows if name not in ("images", "labels")]
+    rows = min(writer._chunk_rows[name] for name in dense)
+    if per_pass < num_crops:  # one image per batch, its crops split into passes
+        step = 1
+    else:
+        step = min(per_pass // num_crops, rows)
+        rows = rows // step * step
+        per_pass = step * num_crops
+    writer._chunk_rows.update({name: rows for name in dense})
+    return per_pass
 
 
 def _build(config: LabelerConfig) -> torch.nn.Module:

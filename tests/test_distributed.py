@@ -1,0 +1,114 @@
+"""Label augmentation under a process group: 2 gloo ranks on 127.0.0.1, spawned here as
+``torchrun`` would (RANK, WORLD_SIZE, MASTER_ADDR/PORT), each bounded in time.
+
+The container of 2 ranks is byte-identical to one process's; a rank that fails or is killed
+leaves nothing at the target.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ladd_format
+from ladd_format._store import sweep
+
+CHILD = str(Path(__file__).with_name("_dist_child.py"))
+TIMEOUT = 120
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(rank: int, world: int, port: int) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if world > 1:
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    else:
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(key, None)
+    return env
+
+
+def _start(folder: Path, encodings: str, world: int, behaviour: str = "none", task: str = "label"):
+    port = _port()
+    return [subprocess.Popen([sys.executable, CHILD, task, str(folder), encodings, behaviour],
+                             env=_env(rank, world, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for rank in range(world)]
+
+
+def _finish(procs) -> list[tuple[int, str, str]]:
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _siblings(target: Path) -> list[str]:
+    return sorted(p.name for p in target.parent.iterdir() if p.name != target.name)
+
+
+def test_two_ranks_write_the_bytes_one_process_writes(tmp_path):
+    encodings = ["uint8", "topk", "float16"]
+    (result,) = _finish(_start(tmp_path / "one", ",".join(encodings), 1))
+    assert result[0] == 0, result
+    results = _finish(_start(tmp_path / "two", ",".join(encodings), 2))
+    assert [r[0] for r in results] == [0, 0], results
+    assert [r[1].split()[:3] for r in results] == [["done", "0", "2"], ["done", "1", "2"]]
+    for encoding in encodings:
+        single, double = tmp_path / "one" / f"{encoding}.ladd", tmp_path / "two" / f"{encoding}.ladd"
+        one, two = _tree(single), _tree(double)
+        assert len([k for k in one if "/c/" in k and k.startswith("dense")]) >= 4  # several chunks to share
+        assert one == two, encoding  # same chunks, same metadata, same digests
+        with ladd_format.open(double, verify=True) as ds:
+            assert len(ds) == 40 and np.isfinite(np.asarray(ds.dense_labels)).all()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [f"{e}.ladd" for e in sorted(encodings)]
+
+
+def test_a_failing_rank_writes_nothing(tmp_path):
+    target = tmp_path / "uint8.ladd"
+    results = _finish(_start(tmp_path, "uint8", 2, behaviour="fail-1"))
+    assert [r[0] for r in results] == [3, 3], results
+    assert "InvalidInputError" in results[1][1]  # the broken rank's own error
+    assert "DistributedError" in results[0][1] and "another rank failed" in results[0][1]
+    assert not target.exists() and _siblings(target) == []
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_rank_leaves_nothing_at_the_target(tmp_path, victim):
+    target = tmp_path / "uint8.ladd"
+    procs = _start(tmp_path, "uint8", 2, behaviour=f"slow-{victim}")
+    deadline = time.monotonic() + TIMEOUT
+    while procs[victim].stdout.readline().strip() != "labelling":  # mid-labelling
+        assert time.monotonic() < deadline and procs[victim].poll() is None
+    procs[victim].send_signal(signal.SIGKILL)
+    results = _finish(procs)
+    survivor = results[1 - victim]
+    assert survivor[0] == 3 and "DistributedError" in survivor[1], survivor
+    assert not target.exists()
+    if victim == 1:
+        assert _siblings(target) == []  # rank 0 removed the stage
+    else:  # a killed rank 0 leaves its stage, unlocked: the next writer (or sweep) removes it
+        assert sweep(target) and _siblings(target) == []
