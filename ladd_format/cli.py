@@ -155,6 +155,7 @@ def _cmd_train_labeler(args: argparse.Namespace) -> int:
 
 
 def _cmd_augment(args: argparse.Namespace) -> int:
+    from .distributed import init_from_env, rank_world
     from .labeler import augment
     from .sampler import UniformSampler
     from .sources import random_real
@@ -169,7 +170,9 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     sampler = UniformSampler(args.n, args.ratio)
     teacher_options = dict(num_classes=args.num_classes, input_size=args.input_size, mean=args.labeler_mean,
                            std=args.labeler_std)
-    labeler = load_teacher(spec, weights=args.weights, device=args.device, **teacher_options)
+    rank_device = init_from_env()  # under torchrun: join the group, one GPU per local rank
+    device = args.device or rank_device
+    labeler = load_teacher(spec, weights=args.weights, device=device, **teacher_options)
     with contextlib.ExitStack() as stack:
         if args.source_container:
             src = stack.enter_context(open_container(args.source_container))
@@ -187,7 +190,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
         out = augment(args.out, images, labels, labeler, sampler=sampler, temperature=args.temperature,
                       distillation=distillation, class_names=names, encoding=args.encoding,
                       overwrite=args.overwrite, **stats)
-    print(f"wrote {out}")
+    if rank_world()[0] == 0:
+        print(f"wrote {out}" + (f" ({rank_world()[1]} ranks)" if rank_world()[1] > 1 else ""))
     return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 import torch
 
 from ladd_format import _write

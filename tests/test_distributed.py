@@ -112,3 +112,30 @@ def test_a_killed_rank_leaves_nothing_at_the_target(tmp_path, victim):
         assert _siblings(target) == []  # rank 0 removed the stage
     else:  # a killed rank 0 leaves its stage, unlocked: the next writer (or sweep) removes it
         assert sweep(target) and _siblings(target) == []
+
+
+def test_torchrun_runs_ladd_augment_on_two_ranks(tmp_path):
+    """The command line under torchrun (2 processes, gloo, 127.0.0.1): the same container as one process."""
+    import torch
+
+    from ladd_format.labeler import Labeler, LabelerConfig, _build
+    from ladd_format.testing import write_example
+
+    source = write_example(tmp_path / "src.ladd", num_classes=10, ipc=3, size=28)
+    config = LabelerConfig("convnet", 3, 10, (28, 28), 8, 2, (0.5,) * 3, (0.25,) * 3, "synthetic", {})
+    torch.manual_seed(0)
+    Labeler(_build(config), config, 1).save(tmp_path / "lab.pt")
+    args = ["--from", str(source), "--encoding", "float16"]
+    env = _env(0, 1, 0)
+    one = subprocess.run([sys.executable, "-m", "ladd_format", "augment", str(tmp_path / "lab.pt"),
+                          str(tmp_path / "one.ladd"), *args], env=env,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                          f"--master-port={_port()}", "-m", "ladd_format", "augment", str(tmp_path / "lab.pt"),
+                          str(tmp_path / "two.ladd"), *args],
+                         env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote") == 1 and "(2 ranks)" in two.stdout  # rank 0 reports, once
+    assert _tree(tmp_path / "one.ladd") == _tree(tmp_path / "two.ladd")
