@@ -257,8 +257,16 @@ class LaddDataset:
         self.close()
 
 
-def open(location: str | os.PathLike[str], *, verify: bool | str = True) -> LaddDataset:  # noqa: A001
+def open(location: str | os.PathLike[str], *, verify: bool | str = True,  # noqa: A001
+         storage_options: dict[str, Any] | None = None) -> LaddDataset:
     """Open a container (directory, ``.zip`` file, or fsspec URL) read-only.
+
+    A URL (``s3://bucket/path/c.ladd``, ``s3://bucket/c.ladd.zip``, ``memory://...``) names a
+    prefix (the directory form) or one object (the single-file form); ``storage_options`` go
+    to fsspec (for S3: ``key``, ``secret``, ``endpoint_url``, ``anon``, ...; without them the
+    AWS environment: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``).
+    A store that refuses the credentials raises ``ladd_format.remote.CredentialsRefusedError``,
+    one that cannot be reached ``ladd_format.remote.RemoteStoreError``.
 
     Structure, manifest and manifest digest are always checked; ``verify=True`` also
     recomputes every array digest now (reads every byte once). ``verify="read"`` checks each
@@ -270,7 +278,7 @@ def open(location: str | os.PathLike[str], *, verify: bool | str = True) -> Ladd
     if verify not in (True, False, "read"):
         raise InvalidInputError(f"verify must be True, False or 'read', not {verify!r}")
     where = os.fspath(location)
-    store, sizes = open_store(location)
+    store, sizes = open_store(location, storage_options)
     try:
         dataset = _open(store, sizes, where, verify_on_read=verify == "read")
         if verify is True:
@@ -337,6 +345,8 @@ def _read_json(store: Store, sizes: dict[str, int], key: str, where: str, *,
                                  "a metadata document may take")
     try:
         data = read_key(store, key, MAX_METADATA_BYTES)
+    except LaddError:  # a remote store's own typed error (credentials, endpoint)
+        raise
     except Exception as exc:  # a damaged entry, or one that vanished since the listing
         raise IntegrityError(f"{where}: {key} cannot be read: {exc}") from None
     if data is None or len(data) > MAX_METADATA_BYTES:

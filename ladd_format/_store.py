@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -18,26 +19,30 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
 import zarr.core.sync as zarr_sync
 from numcodecs import zstd
-from zarr.abc.store import ByteRequest, RangeByteRequest, Store
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from .errors import (
     ContainerExistsError,
     ContainerNotFoundError,
+    CredentialsRefusedError,
     IncompleteContainerError,
     IntegrityError,
     InvalidInputError,
+    LaddError,
+    RemoteStoreError,
     SchemaError,
 )
 
@@ -50,19 +55,18 @@ def is_zip_path(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(ZIP_SUFFIXES)
 
 
-def open_store(location: str | os.PathLike[str]) -> tuple[Store, dict[str, int]]:
+def open_store(location: str | os.PathLike[str],
+               storage_options: dict[str, Any] | None = None) -> tuple[Store, dict[str, int]]:
     """A read-only zarr store for a directory, a zip file, or an fsspec URL, and the stored size
     of every key in it: one listing, made before anything is read, that refuses entries a
-    reader must not follow (SPEC.md sections 8 and 12)."""
+    reader must not follow (SPEC.md sections 8 and 12). ``storage_options`` go to fsspec
+    and apply to URLs only."""
     where = os.fspath(location)
     if isinstance(location, str) and "://" in location and not location.startswith("file://"):
-        try:
-            store = zarr.storage.FsspecStore.from_url(location, read_only=True)
-        except ImportError as exc:
-            raise ContainerNotFoundError(
-                f"{location}: URLs need fsspec (pip install 'ladd_format[remote]'): {exc}"
-            ) from None
-        return store, _fsspec_sizes(store, where)
+        return _open_url(location, storage_options)
+    if storage_options:
+        raise InvalidInputError(f"{where}: storage_options apply to URLs (such as s3://bucket/c.ladd), "
+                                "not to local paths")
     path = Path(where.removeprefix("file://"))
     if not path.exists():
         raise ContainerNotFoundError(f"{path}: no such container (file or directory)")
@@ -114,35 +118,48 @@ def _dir_sizes(root: Path, where: str) -> dict[str, int]:
 
 
 def _zip_sizes(path: Path) -> dict[str, int]:
-    """Entries of a single-file container by key, from its central directory alone: every entry
-    stored (method 0), unencrypted, named as a key, once, its data inside the archive and apart
-    from every other entry's (overlapping entries would multiply the stored bytes)."""
+    """Entries of a single-file container by key, from its central directory alone (see
+    :func:`_zip_entries`)."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos, data_end = zf.infolist(), zf.start_dir
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise IntegrityError(f"{path}: a damaged zip file ({exc})") from None
-    sizes: dict[str, int] = {}
-    infos.sort(key=lambda i: i.header_offset)
+    return {key: entry.size for key, entry in _zip_entries(infos, data_end, str(path)).items()}
+
+
+class _ZipEntry(NamedTuple):
+    offset: int  # of the local header
+    size: int
+    end: int  # where the next entry (or the central directory) starts
+    name: bytes  # as stored
+
+
+def _zip_entries(infos: list[zipfile.ZipInfo], data_end: int, where: str) -> dict[str, _ZipEntry]:
+    """Entries of a single-file container by key: every entry stored (method 0), unencrypted,
+    named as a key, once, its data inside the archive and apart from every other entry's
+    (overlapping entries would multiply the stored bytes)."""
+    entries: dict[str, _ZipEntry] = {}
+    infos = sorted(infos, key=lambda i: i.header_offset)
     for info, following in zip(infos, [*(i.header_offset for i in infos[1:]), data_end]):
         name = info.orig_filename
-        entry = f"{path}: zip entry {name!r}"
+        entry = f"{where}: zip entry {name!r}"
         if name.endswith("/") and info.file_size == 0 and _is_key(name[:-1]):
             continue  # a directory entry some zip tools add
         if not _is_key(name):
             raise SchemaError(f"{entry} is not a key (\"/\"-separated, relative, without empty, \".\" or \"..\" parts)")
-        if name in sizes:
+        if name in entries:
             raise SchemaError(f"{entry} appears twice; each key is stored once")
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
             raise SchemaError(f"{entry} is compressed (method {info.compress_type}) or encrypted; entries "
                               "are stored as they are (method 0)")
-        name_bytes = len(name.encode("utf-8" if info.flag_bits & 0x800 else "cp437"))
+        name_bytes = name.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
         if info.compress_size != info.file_size or \
-                info.header_offset + _LOCAL_HEADER_BYTES + name_bytes + info.compress_size > following:
+                info.header_offset + _LOCAL_HEADER_BYTES + len(name_bytes) + info.compress_size > following:
             raise IntegrityError(f"{entry} declares {info.file_size} bytes beyond its place in the archive "
                                  "(truncated, or overlapping another entry)")
-        sizes[name] = info.file_size
-    return sizes
+        entries[name] = _ZipEntry(info.header_offset, info.file_size, following, name_bytes)
+    return entries
 
 
 def _is_key(name: str) -> bool:
@@ -150,18 +167,307 @@ def _is_key(name: str) -> bool:
     return "\\" not in name and "\0" not in name and all(p not in ("", ".", "..") for p in parts)
 
 
-def _fsspec_sizes(store: zarr.storage.FsspecStore, where: str) -> dict[str, int]:
+# Object stores and other fsspec URLs. One listing per open, taken before anything is read;
+# chunks then go through BoundedStore as from a local container. Errors of the back ends
+# (botocore's, aiohttp's, the OSError kinds s3fs maps S3's codes to) become LaddErrors.
+
+_ZIP_PROBE_BYTES = 64  # read past a local header's name, where a zip's extra field usually ends
+
+
+def _url_fs(url: str, storage_options: dict[str, Any] | None, *, asynchronous: bool = True) -> tuple[Any, str]:
+    """A fresh fsspec file system for ``url`` (never a cached one: this open's listing and
+    credentials are its own, and closing it touches no one else's) and the path in it."""
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InvalidInputError(f"{url}: storage_options must be a dict, not {type(storage_options).__name__}")
     try:
-        found = zarr_sync.sync(store.fs._find(store.path, detail=True))
-    except Exception as exc:  # fsspec back ends raise their own errors
-        raise IntegrityError(f"{where}: cannot list the store: {exc}") from None
+        from fsspec.core import url_to_fs
+    except ImportError:
+        raise RemoteStoreError(f"{url}: URLs need fsspec (pip install 'ladd_format[remote]', or "
+                               "'ladd_format[s3]' for s3://)") from None
+    options = {"skip_instance_cache": True, **(storage_options or {})}
+    if asynchronous:
+        options["asynchronous"] = True
+    try:
+        fs, path = url_to_fs(url, **options)
+    except ImportError as exc:  # fsspec names the package the protocol needs
+        hint = " (pip install 'ladd_format[s3]')" if url.startswith(("s3://", "s3a://")) else ""
+        raise RemoteStoreError(f"{url}: {_one_line(exc)}{hint}") from None
+    except (ValueError, TypeError) as exc:  # an unknown protocol, options the back end refuses
+        raise InvalidInputError(f"{url}: not a URL fsspec can open with these storage_options: "
+                                f"{_one_line(exc)}") from None
+    if asynchronous and not fs.async_impl:
+        from zarr.storage._fsspec import _make_async
+
+        fs = _make_async(fs)
+    return fs, path
+
+
+def _open_url(url: str, storage_options: dict[str, Any] | None) -> tuple[Store, dict[str, int]]:
+    """A container at an fsspec URL: a prefix (the directory form) or one object (the
+    single-file form), told apart by the listing."""
+    fs, path = _url_fs(url, storage_options)
+    path = path.rstrip("/")
+    try:
+        found = zarr_sync.sync(fs._find(path, detail=True))
+        if not found:
+            raise ContainerNotFoundError(f"{url}: no such container (nothing stored at or below this URL)")
+        if path in found:  # one object: the single-file form
+            store, sizes = _open_url_zip(fs, path, found[path], url)
+        else:
+            store, sizes = zarr.storage.FsspecStore(fs, path=path, read_only=True), _fsspec_sizes(found, path, url)
+    except LaddError:
+        _close_fs(fs)
+        raise
+    except Exception as exc:  # the back end's own errors
+        error = _remote_error(exc, url, fs, storage_options)
+        _close_fs(fs)
+        raise error from None
+    return _RemoteStore(store, fs, url, storage_options), sizes
+
+
+def _fsspec_sizes(found: dict[str, dict[str, Any]], path: str, where: str) -> dict[str, int]:
     sizes = {}
-    for path, info in found.items():
-        key = path.removeprefix(store.path.rstrip("/") + "/")
+    for name, info in found.items():
+        if info.get("type") == "directory":
+            continue  # a "folder" marker some tools add to object stores; it holds nothing
+        key = name.removeprefix(path + "/")
+        if key == name or not _is_key(key):
+            raise SchemaError(f"{where}: the listing holds {name!r}, not a key below the container")
         if info.get("type") != "file" or not isinstance(info.get("size"), int):
             raise SchemaError(f"{where}: {key} is not a file of known size")
         sizes[key] = info["size"]
     return sizes
+
+
+def _open_url_zip(fs: Any, path: str, info: dict[str, Any], url: str) -> tuple[Store, dict[str, int]]:
+    """The single-file form in one object: its central directory read with range requests and
+    checked as a local zip's (section 8), then each entry read with one range request."""
+    size = info.get("size")
+    if info.get("type") != "file" or not isinstance(size, int):
+        raise SchemaError(f"{url}: not an object of known size")
+    with io.BufferedReader(_RangeFile(fs, path, size), buffer_size=1 << 16) as file:
+        try:
+            with zipfile.ZipFile(file) as zf:
+                infos, data_end = zf.infolist(), zf.start_dir
+        except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+            file.seek(0)
+            if file.read(4) == b"PK\x03\x04":
+                raise IntegrityError(f"{url}: a damaged or truncated zip file ({_one_line(exc)})") from None
+            raise ContainerNotFoundError(f"{url}: one object that is not a zip file, so neither a container "
+                                         "directory nor the single-file form") from None
+    entries = _zip_entries(infos, data_end, url)
+    return _ZipRangeStore(fs, path, entries, url), {key: entry.size for key, entry in entries.items()}
+
+
+class _RangeFile(io.RawIOBase):
+    """One object as a seekable file, each read one range request (for ``zipfile``)."""
+
+    def __init__(self, fs: Any, path: str, size: int) -> None:
+        super().__init__()
+        self._fs, self._path, self._size, self._pos = fs, path, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self._size - self._pos)
+        if count <= 0:
+            return 0
+        data = zarr_sync.sync(self._fs._cat_file(self._path, start=self._pos, end=self._pos + count))
+        if len(data) != count:
+            raise EOFError(f"the object changed while it was read ({len(data)} bytes, not {count})")
+        buffer[:count] = data
+        self._pos += count
+        return count
+
+
+def _byte_span(byte_range: ByteRequest | None, size: int) -> tuple[int, int]:
+    if byte_range is None:
+        return 0, size
+    if isinstance(byte_range, RangeByteRequest):
+        return min(byte_range.start, size), min(max(byte_range.start, byte_range.end), size)
+    if isinstance(byte_range, OffsetByteRequest):
+        return min(byte_range.offset, size), size
+    if isinstance(byte_range, SuffixByteRequest):
+        return max(0, size - byte_range.suffix), size
+    raise ValueError(f"unexpected byte range {byte_range!r}")
+
+
+class _ZipRangeStore(Store):
+    """A read-only store over the entries of a zip object, each read by a range request that
+    stays within the entry's place in the archive (local header, then data)."""
+
+    supports_writes = False
+    supports_deletes = False
+    supports_partial_writes = False
+    supports_listing = True
+
+    def __init__(self, fs: Any, path: str, entries: dict[str, _ZipEntry], where: str) -> None:
+        super().__init__(read_only=True)
+        self._fs, self._path, self._entries, self._where = fs, path, entries, where
+        self._data_at: dict[str, int] = {}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ZipRangeStore) and (other._fs, other._path) == (self._fs, self._path)
+
+    async def get(self, key: str, prototype: BufferPrototype,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        start, stop = _byte_span(byte_range, entry.size)
+        data_at = self._data_at.get(key)
+        if data_at is None:  # the local header first, and with luck the data in the same request
+            head_end = min(entry.end, entry.offset + _LOCAL_HEADER_BYTES + len(entry.name) + _ZIP_PROBE_BYTES + stop)
+            head = await self._fs._cat_file(self._path, start=entry.offset, end=head_end)
+            data_at = self._data_at[key] = self._local_header(key, entry, head)
+            if data_at + stop <= entry.offset + len(head):
+                return prototype.buffer.from_bytes(head[data_at - entry.offset + start:data_at - entry.offset + stop])
+        data = await self._fs._cat_file(self._path, start=data_at + start, end=data_at + stop)
+        if len(data) != stop - start:
+            raise IntegrityError(f"{self._where}: zip entry {key!r} is truncated (the object changed since it "
+                                 "was opened?)")
+        return prototype.buffer.from_bytes(data)
+
+    def _local_header(self, key: str, entry: _ZipEntry, head: bytes) -> int:
+        what = f"{self._where}: zip entry {key!r}"
+        fixed = head[:_LOCAL_HEADER_BYTES]
+        if len(fixed) < _LOCAL_HEADER_BYTES or fixed[:4] != b"PK\x03\x04":
+            raise IntegrityError(f"{what} has no local header where the central directory says")
+        method, name_length, extra_length = (int.from_bytes(fixed[i:i + 2], "little") for i in (8, 26, 28))
+        name = head[_LOCAL_HEADER_BYTES:_LOCAL_HEADER_BYTES + name_length]
+        if method != zipfile.ZIP_STORED or name != entry.name:
+            raise IntegrityError(f"{what}: its local header disagrees with the central directory")
+        data_at = entry.offset + _LOCAL_HEADER_BYTES + name_length + extra_length
+        if data_at + entry.size > entry.end:
+            raise IntegrityError(f"{what}: its data runs beyond its place in the archive")
+        return data_at
+
+    async def get_partial_values(self, prototype: BufferPrototype,
+                                 key_ranges: Any) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)))
+
+    async def exists(self, key: str) -> bool:
+        return key in self._entries
+
+    async def set(self, key: str, value: Buffer) -> None:
+        raise PermissionError(f"{self._where} is opened read-only")
+
+    async def delete(self, key: str) -> None:
+        raise PermissionError(f"{self._where} is opened read-only")
+
+    async def list(self) -> AsyncIterator[str]:
+        for key in self._entries:
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        for key in self._entries:
+            if key.startswith(prefix):
+                yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        seen = set()
+        for key in self._entries:
+            if key.startswith(prefix):
+                child = key[len(prefix):].split("/", 1)[0]
+                if child not in seen:
+                    seen.add(child)
+                    yield child
+
+
+class _RemoteStore(WrapperStore[Store]):
+    """A URL's store as the reader gets it: the back end's errors on reads become LaddErrors,
+    and closing it closes the file system's connections."""
+
+    def __init__(self, store: Store, fs: Any, where: str, storage_options: dict[str, Any] | None) -> None:
+        super().__init__(store)
+        self._fs, self._where, self._options = fs, where, storage_options
+
+    async def get(self, key: str, prototype: BufferPrototype,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
+        try:
+            return await self._store.get(key, prototype, byte_range)
+        except LaddError:
+            raise
+        except FileNotFoundError:
+            raise IncompleteContainerError(f"{self._where}: {key} is gone (deleted or replaced since the "
+                                           "container was opened)") from None
+        except Exception as exc:  # the back end's own errors
+            raise _remote_error(exc, self._where, self._fs, self._options) from None
+
+    async def get_partial_values(self, prototype: BufferPrototype, key_ranges: Any) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)))
+
+    def close(self) -> None:
+        super().close()
+        _close_fs(self._fs)
+
+
+def _close_fs(fs: Any) -> None:
+    """Close the connections of a file system made for one open (s3fs holds an aiohttp session)."""
+    client = getattr(fs, "_s3", None)
+    if client is None:
+        return
+    try:
+        zarr_sync.sync(client.close())
+    except Exception:  # best effort: the connections go with the process anyway
+        pass
+    fs._s3 = None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                      "NoAuthTokenError", "TokenRetrievalError", "UnauthorizedSSOTokenError", "SSOTokenLoadError")
+
+
+def _endpoint(fs: Any, storage_options: dict[str, Any] | None) -> str:
+    """The endpoint a request went to, as far as it can be told."""
+    client = getattr(fs, "_s3", None)
+    endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    options = storage_options or {}
+    client_kwargs = options.get("client_kwargs") if isinstance(options.get("client_kwargs"), dict) else {}
+    endpoint = endpoint or options.get("endpoint_url") or client_kwargs.get("endpoint_url")
+    if not endpoint and type(fs).__module__.startswith("s3fs"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    return str(endpoint or type(fs).__name__)
+
+
+def _remote_error(exc: BaseException, url: str, fs: Any, storage_options: dict[str, Any] | None) -> LaddError:
+    """The LaddError that a back end's exception means, in one line naming ``url``."""
+    if isinstance(exc, LaddError):
+        return exc
+    endpoint = _endpoint(fs, storage_options)
+    message = _one_line(exc)
+    if type(exc).__name__ in _CREDENTIAL_ERRORS:
+        return CredentialsRefusedError(
+            f"{url}: found no usable credentials for {endpoint} ({message}); pass key and secret in "
+            "storage_options, set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or anon=True for a public bucket")
+    if isinstance(exc, PermissionError):
+        return CredentialsRefusedError(
+            f"{url}: {endpoint} refused the credentials ({message}); check the key and secret "
+            "(storage_options or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and that they may read this bucket")
+    if isinstance(exc, FileNotFoundError):
+        return ContainerNotFoundError(f"{url}: no such container or bucket at {endpoint} ({message})")
+    if isinstance(exc, TypeError) and "keyword argument" in message:  # s3fs hands unknown options on
+        return InvalidInputError(f"{url}: storage_options the back end refuses: {message}")
+    return RemoteStoreError(f"{url}: the object store at {endpoint} failed: {type(exc).__name__}: {message}")
 
 
 def read_key(store: Store, key: str, limit: int) -> bytes | None:

@@ -121,6 +121,9 @@ class Writer:
         distillation: DistillationInfo | Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
         compression: Compression = "zstd", overwrite: bool = False,
     ) -> None:
+        if "://" in os.fspath(path):
+            raise InvalidInputError(f"{os.fspath(path)}: writers write local paths; write the container locally, "
+                                    "then ladd_format.remote.upload(local, url)")
         self.path = Path(path)
         if compression not in ("zstd", "gzip", None):
             raise InvalidInputError(f"compression must be 'zstd', 'gzip' or None, not {compression!r}")

@@ -58,3 +58,13 @@ class IntegrityError(LaddError):
 
 class ContainerNotFoundError(LaddError, FileNotFoundError):
     """Nothing exists at the path or URL given to :func:`ladd_format.open`."""
+
+
+class RemoteStoreError(LaddError, OSError):
+    """An object store could not be reached or failed a request; the message names the URL
+    and the endpoint."""
+
+
+class CredentialsRefusedError(RemoteStoreError, PermissionError):
+    """An object store refused the credentials given (or found none to sign with), or
+    refused them access to the container."""
