@@ -37,7 +37,8 @@ from .storage import Overhead, overhead, reencode  # noqa: E402
 from . import manifest, testing  # noqa: E402
 
 # Names that need torch load on first use, so the container API imports fast.
-_LAZY = {"UniformSampler": "sampler", "DeviceLoader": "loader", "CropDataset": "loader", "Batch": "loader"}
+_LAZY = {"UniformSampler": "sampler", "DeviceLoader": "loader", "CropDataset": "loader", "Batch": "loader",
+         "publish": "publish"}
 
 
 def __getattr__(name: str):
@@ -76,6 +77,7 @@ __all__ = [
     "open",
     "overhead",
     "pack",
+    "publish",
     "reencode",
     "sweep",
     "write",

@@ -261,7 +261,8 @@ def open(location: str | os.PathLike[str], *, verify: bool | str = True,  # noqa
          storage_options: dict[str, Any] | None = None) -> LaddDataset:
     """Open a container (directory, ``.zip`` file, or fsspec URL) read-only.
 
-    A URL (``s3://bucket/path/c.ladd``, ``s3://bucket/c.ladd.zip``, ``memory://...``) names a
+    A URL (``s3://bucket/path/c.ladd``, ``s3://bucket/c.ladd.zip``, ``memory://...``, or
+    ``hf://datasets/USER/REPO/c.ladd.zip`` with huggingface_hub installed) names a
     prefix (the directory form) or one object (the single-file form); ``storage_options`` go
     to fsspec (for S3: ``key``, ``secret``, ``endpoint_url``, ``anon``, ...; without them the
     AWS environment: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``).

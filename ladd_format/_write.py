@@ -27,6 +27,7 @@ from .manifest import (
     ImageInfo,
     LabelerInfo,
     Manifest,
+    PublicationInfo,
     SamplerSpec,
     _describe,
 )
@@ -64,6 +65,7 @@ def write(
     labeler: LabelerInfo | Mapping[str, Any] | None = None,
     distillation: DistillationInfo | Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    publication: PublicationInfo | Mapping[str, Any] | None = None,
     compression: Compression = "zstd",
     overwrite: bool = False,
 ) -> Path:
@@ -93,7 +95,8 @@ def write(
     writer = Writer(path, num_images=imgs.shape[0], image_shape=imgs.shape[1:], num_classes=dense.shape[2],
                     class_names=class_names, mean=mean, std=std, sampler=sampler, encoding=encoding,
                     encoding_params=encoding_params, values=values, temperature=temperature, labeler=labeler,
-                    distillation=distillation, extra=extra, compression=compression, overwrite=overwrite)
+                    distillation=distillation, extra=extra, publication=publication, compression=compression,
+                    overwrite=overwrite)
     with writer:
         writer.append(imgs, labels, dense)
     return writer.path
@@ -119,6 +122,7 @@ class Writer:
         values: Literal["probs", "logits"] = "probs", temperature: float = 1.0,
         labeler: LabelerInfo | Mapping[str, Any] | None = None,
         distillation: DistillationInfo | Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+        publication: PublicationInfo | Mapping[str, Any] | None = None,
         compression: Compression = "zstd", overwrite: bool = False,
     ) -> None:
         if "://" in os.fspath(path):
@@ -150,7 +154,7 @@ class Writer:
                 raise InvalidInputError(f"{name}: one image takes {row_bytes} bytes, more than the {MAX_CHUNK_BYTES} "
                                         "a chunk may hold (SPEC.md section 12)")
         self._meta = dict(class_names=class_names, mean=mean, std=std, temperature=temperature,
-                          labeler=labeler, distillation=distillation, extra=extra)
+                          labeler=labeler, distillation=distillation, extra=extra, publication=publication)
         self._manifest(mean=mean if mean is not None else [0.5] * shape[2],
                        std=std if std is not None else [1.0] * shape[2], digests={},
                        counts=np.ones(self.num_classes, np.int64))  # validates all metadata now
@@ -307,7 +311,13 @@ class Writer:
             distill = distill.model_copy(update={"ipc": int(counts[0])})
         labeler_info = _model(LabelerInfo, m["labeler"], "labeler")
         height, width, channels = self.image_shape
-        version = max(self._enc.since, labeler_info.since, key=lambda v: tuple(map(int, v.split("."))))
+        pub = m["publication"]
+        if isinstance(pub, Mapping):  # checked as publish() checks it: known license ids, UTF-8 text
+            from .publish import publication_info
+
+            pub = publication_info(**pub)
+        version = max(self._enc.since, labeler_info.since, pub.since if pub is not None else "1.0",
+                      key=lambda v: tuple(map(int, v.split("."))))
         names = m["class_names"]
         try:
             return Manifest(
@@ -318,7 +328,7 @@ class Writer:
                 sampler=self._sampler,
                 dense_labels=DenseLabelSpec(encoding=self._enc.name, params=self._enc.params, values=self._values,
                                             temperature=m["temperature"]),
-                labeler=labeler_info, distillation=distill, extra=dict(m["extra"] or {}),
+                labeler=labeler_info, distillation=distill, extra=dict(m["extra"] or {}), publication=pub,
                 arrays={name: ArrayRecord(dtype=dtype, shape=list(shape), sha256=digests.get(name, "0" * 64))
                         for name, (dtype, shape) in self._specs.items()},
             )

@@ -17,6 +17,15 @@ images, labels and class names back.
 ``mean`` and ``std`` float32 [C], and ``class_names`` (a list of str in ``.pt``, a str array in
 ``.npz``). A ``.pt`` file holds only tensors and strings, so ``torch.load(weights_only=True)``
 reads it; ``numpy.load(allow_pickle=False)`` reads the ``.npz``.
+``parquet`` (needs ``pyarrow``): a folder ``data/train-XXXXX-of-YYYYY.parquet`` in the layout of the
+Hugging Face Hub (its dataset viewer shows it, ``datasets.load_dataset("parquet", ...)`` and
+pandas read it): one row per image with ``image`` (struct ``{bytes: PNG, path: null}``, the Hub's
+``Image`` feature), ``label`` (int64, a ``ClassLabel`` with the class names) and ``dense_labels``
+(float32 [n*n][K], the decoded probabilities), plus one ``ladd_<array>`` binary column per stored
+dense-label array (the row's stored values, C order, little-endian). The schema metadata holds
+the ``datasets`` features (key ``huggingface``) and the container's manifest (key ``ladd``), so
+``ladd import parquet`` (:func:`ladd_format.importers.import_parquet`) rebuilds the container
+exactly: equal arrays (so equal digests) and an equal manifest except ``created_by``.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from ._read import open as open_container
 from ._store import place, remove, sibling
 from .errors import ContainerExistsError, InvalidInputError
 
-FORMATS = ("folder", "pt", "npz")
+FORMATS = ("folder", "pt", "npz", "parquet")
 _PNG_BATCH = 256
 
 
@@ -56,12 +65,15 @@ def export(path: str | os.PathLike[str], out: str | os.PathLike[str], *, format:
     if target.exists() and not overwrite:
         raise ContainerExistsError(f"{target} already exists; pass overwrite=True (--overwrite on the command "
                                    "line) to replace it")
-    if target.exists() and target.is_dir() != (format == "folder"):
+    if target.exists() and target.is_dir() != (format in ("folder", "parquet")):
         raise InvalidInputError(f"{target} exists and is a {'folder' if target.is_dir() else 'file'}; "
                                 f"refusing to replace it with a {format} export")
     with open_container(path) as ds:
         if format == "folder":
             _publish(target, lambda tmp: _write_folder(ds, tmp))
+        elif format == "parquet":
+            _require_pyarrow()
+            _publish(target, lambda tmp: (tmp.mkdir(), write_parquet(ds, tmp)))
         else:
             arrays = tensors(ds, normalized=normalized)
             _publish(target, lambda tmp: _write_arrays(arrays, tmp, format, ds.class_names))
@@ -106,6 +118,87 @@ def _write_folder(ds: LaddDataset, folder: Path) -> None:
     _write_csv(folder / "classes.csv", ("label", "class_name"), list(enumerate(names)))
     (folder / "manifest.json").write_text(json.dumps(ds.manifest.to_json(), indent=2, ensure_ascii=False) + "\n",
                                           encoding="utf-8")
+
+
+PARQUET_SHARD_BYTES = 256 << 20
+"""Parquet shards hold about this many bytes of rows (PNG and dense labels) each."""
+PARQUET_METADATA_KEY = b"ladd"
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise InvalidInputError("the parquet format needs pyarrow: pip install 'ladd_format[publish]'") from None
+
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def hf_features(ds: LaddDataset) -> dict:
+    """The Hugging Face ``datasets`` features of the parquet layout."""
+    stored = {f"ladd_{name}": {"dtype": "binary", "_type": "Value"} for name in ds.manifest.arrays
+              if name not in ("images", "labels")}
+    return {"image": {"_type": "Image"}, "label": {"names": list(ds.class_names), "_type": "ClassLabel"},
+            "dense_labels": {"feature": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "Sequence"},
+                             "_type": "Sequence"}, **stored}
+
+
+def write_parquet(ds: LaddDataset, folder: Path, *, shard_bytes: int = PARQUET_SHARD_BYTES) -> list[Path]:
+    """Write ``folder/data/train-XXXXX-of-YYYYY.parquet`` (module doc) and return the files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    m = ds.manifest
+    stored_names = [n for n in m.arrays if n not in ("images", "labels")]
+    crops, k = m.sampler.num_crops, m.num_classes
+    row_bytes = (m.image.height * m.image.width * m.image.channels + 8 + 2 * crops * k * 4
+                 + sum(int(np.prod(r.shape[1:])) * np.dtype(r.dtype).itemsize for r in m.arrays.values()))
+    rows_per_shard = max(1, shard_bytes // row_bytes)
+    shards = -(-len(ds) // rows_per_shard)
+    rows_per_shard = -(-len(ds) // shards)  # equal shards
+    group = max(1, min(rows_per_shard, (32 << 20) // row_bytes))
+    schema = pa.schema([
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("label", pa.int64()),
+        ("dense_labels", pa.list_(pa.list_(pa.float32()))), *[(f"ladd_{n}", pa.binary()) for n in stored_names]])
+    manifest = m.to_json()
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    files = []
+    for shard in range(shards):
+        start, stop = shard * rows_per_shard, min((shard + 1) * rows_per_shard, len(ds))
+        meta = {b"huggingface": json.dumps({"info": {"features": hf_features(ds)}}, ensure_ascii=False).encode(),
+                PARQUET_METADATA_KEY: json.dumps({"manifest": manifest, "shard": shard, "shards": shards,
+                                                  "rows": [start, stop]}, ensure_ascii=False).encode()}
+        path = folder / "data" / f"train-{shard:05d}-of-{shards:05d}.parquet"
+        with pq.ParquetWriter(path, schema.with_metadata(meta), compression="zstd") as writer:
+            for lo in range(start, stop, group):
+                hi = min(lo + group, stop)
+                images = np.asarray(ds.images[lo:hi])
+                dense = np.ascontiguousarray(np.asarray(ds.dense_labels[lo:hi], dtype=np.float32))
+                columns = {
+                    "image": pa.StructArray.from_arrays(
+                        [pa.array([_png(im) for im in images], pa.binary()), pa.nulls(hi - lo, pa.string())],
+                        names=["bytes", "path"]),
+                    "label": pa.array(ds.labels[lo:hi].astype(np.int64)),
+                    "dense_labels": pa.ListArray.from_arrays(
+                        pa.array(np.arange(0, (hi - lo) * crops + 1, crops, dtype=np.int32)),
+                        pa.ListArray.from_arrays(pa.array(np.arange(0, (hi - lo) * crops * k + 1, k, dtype=np.int32)),
+                                                 pa.array(dense.reshape(-1)))),
+                }
+                for n in stored_names:
+                    part = np.asarray(ds._arrays[n][lo:hi])
+                    little = np.ascontiguousarray(part, dtype=part.dtype.newbyteorder("<"))
+                    columns[f"ladd_{n}"] = pa.array([row.tobytes() for row in little], pa.binary())
+                writer.write_table(pa.table(columns, schema=schema.with_metadata(meta)), row_group_size=group)
+        files.append(path)
+    return files
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:

@@ -19,7 +19,7 @@ from ._encodings import get_encoding
 from .errors import SchemaError
 
 FORMAT_NAME = "ladd"
-FORMAT_VERSION = "1.2"
+FORMAT_VERSION = "1.3"
 """The newest format version this library reads and writes; the writer records the oldest
 version that has every feature a container uses (SPEC.md section 9)."""
 VERSION_PATTERN = r"^[1-9][0-9]*\.(0|[1-9][0-9]*)$"
@@ -125,6 +125,26 @@ class DistillationInfo(_Model):
     details: _JsonDict = Field(default_factory=dict)
 
 
+class PublicationInfo(_Model):
+    """Format 1.3: what a publisher states about the set (SPEC.md section 3, ``publication``).
+
+    Every member is optional and left out of the stored JSON when unset. ``license`` is an
+    SPDX identifier or a Hugging Face Hub license id; readers accept any such token (the
+    list of known ids grows), writers check it against :data:`ladd_format.publish.LICENSES`.
+    """
+
+    license: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.+-]*$", max_length=64)
+    authors: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    citation: str | None = Field(default=None, min_length=1, description="BibTeX text.")
+    homepage: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    description: str | None = Field(default=None, min_length=1)
+
+    since: ClassVar[str] = "1.3"
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 class ArrayRecord(_Model):
     """What one stored array must be: checked against the Zarr metadata and the bytes."""
 
@@ -148,6 +168,8 @@ class Manifest(_Model):
     labeler: LabelerInfo = Field(default_factory=LabelerInfo)
     distillation: DistillationInfo = Field(default_factory=DistillationInfo)
     extra: _JsonDict = Field(default_factory=dict, description="Free-form user metadata.")
+    publication: PublicationInfo | None = Field(
+        default=None, description="Since 1.3: license, authors, citation, homepage, description.")
     arrays: dict[str, ArrayRecord]
     manifest_sha256: _Hex64 | None = None
 
@@ -178,6 +200,8 @@ class Manifest(_Model):
             since = "1.0"
         if _as_tuple(since) > _as_tuple(needed):
             needed, feature = since, f"encoding {dense.encoding!r}"
+        if self.publication is not None and _as_tuple(self.publication.since) > _as_tuple(needed):
+            needed, feature = self.publication.since, "publication"
         if self.version < _as_tuple(needed):
             raise ValueError(f"format_version {self.format_version} is older than the {needed} that its "
                              f"{feature} needs")
@@ -189,7 +213,10 @@ class Manifest(_Model):
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object as stored (``manifest_sha256`` filled in)."""
-        body = self.model_dump(mode="json", exclude={"manifest_sha256": True, "labeler": self.labeler.unset_added()})
+        body = self.model_dump(mode="json", exclude={"manifest_sha256": True, "labeler": self.labeler.unset_added(),
+                                                     "publication": True})
+        if self.publication is not None:  # since 1.3; left out when unset, members too
+            body["publication"] = self.publication.to_json()
         body["manifest_sha256"] = manifest_digest(body)
         return body
 

@@ -176,3 +176,101 @@ def test_cli_export(tmp_path, container, capsys):
     assert _cli(["export", str(container), str(tmp_path / "c.npz"), "--format", "npz"]) == 1
     err = capsys.readouterr().err
     assert "ContainerExistsError" in err
+
+
+# -- parquet: the Hub's layout, and an exact way back -------------------------------------------------
+
+def _same_container(a_path, b_path):
+    with ladd_format.open(a_path) as a, ladd_format.open(b_path, verify=True) as b:
+        assert a.manifest.model_dump(exclude={"created_by"}) == b.manifest.model_dump(exclude={"created_by"})
+        for name in a.manifest.arrays:
+            x, y = np.asarray(a._arrays[name][:]), np.asarray(b._arrays[name][:])
+            assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(encoding="float16"), dict(encoding="uint8"), dict(encoding="topk", encoding_params={"k": 3, "rule": "renorm"}),
+    dict(encoding="topk", encoding_params={"k": 2, "rule": "smoothing"}, channels=1),
+], ids=["float16", "uint8", "topk-renorm", "topk-smoothing-grey"])
+def test_parquet_round_trip_is_exact(tmp_path, kwargs):
+    pytest.importorskip("pyarrow")
+    from ladd_format.importers import import_parquet
+
+    source = write_example(tmp_path / "src.ladd", num_classes=6, ipc=2, size=12, **kwargs)
+    folder = export(source, tmp_path / "pq", format="parquet")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet")) == [
+        "data/train-00000-of-00001.parquet"]
+    back = import_parquet(folder, tmp_path / "back.ladd")
+    _same_container(source, back)
+
+
+def test_parquet_reads_without_ladd_format(tmp_path, container):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import io
+
+    folder = export(container, tmp_path / "pq", format="parquet")
+    table = pq.read_table(folder / "data" / "train-00000-of-00001.parquet")
+    features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+    assert features["image"] == {"_type": "Image"}
+    assert features["label"] == {"names": ["T-shirt/top", "b", "c", "d"], "_type": "ClassLabel"}
+    assert table.schema.field("image").type.names == ["bytes", "path"]
+    rows = table.to_pylist()
+    with ladd_format.open(container) as ds:
+        assert [r["label"] for r in rows] == ds.labels.tolist()
+        for i in (0, len(ds) - 1):
+            assert rows[i]["image"]["path"] is None
+            png = np.asarray(Image.open(io.BytesIO(rows[i]["image"]["bytes"])))
+            assert np.array_equal(png, np.asarray(ds.images[i]))
+            np.testing.assert_array_equal(np.array(rows[i]["dense_labels"], np.float32), np.asarray(ds.dense_labels[i]))
+
+
+def test_parquet_shards_and_logits(tmp_path):
+    pytest.importorskip("pyarrow")
+    from ladd_format.export import write_parquet
+    from ladd_format.importers import import_parquet
+
+    images, labels, _ = example_arrays(num_classes=3, ipc=3, size=10)
+    logits = np.random.default_rng(0).normal(0, 3, (len(labels), 25, 3)).astype(np.float32)
+    source = ladd_format.write(tmp_path / "l.ladd", images, labels, logits, values="logits", temperature=2.0)
+    with ladd_format.open(source) as ds:
+        files = write_parquet(ds, tmp_path / "pq", shard_bytes=3500)
+    assert [f.name for f in files] == [f"train-{i:05d}-of-00005.parquet" for i in range(5)]
+    _same_container(source, import_parquet(tmp_path / "pq", tmp_path / "back.ladd.zip"))
+    files[2].unlink()
+    with pytest.raises(InvalidInputError, match="a shard is missing"):
+        import_parquet(tmp_path / "pq", tmp_path / "none.ladd")
+    assert not (tmp_path / "none.ladd").exists()
+
+
+def test_parquet_import_refuses_tampering(tmp_path, container):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    from ladd_format.importers import import_parquet
+
+    folder = export(container, tmp_path / "pq", format="parquet")
+    path = folder / "data" / "train-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    stored = table.column("ladd_dense_labels").to_pylist()
+    first = bytearray(stored[0])
+    first[0], first[1] = first[1], first[0]  # still a valid uint8 row (same sum), other values
+    stored[0] = bytes(first)
+    table = table.set_column(table.schema.get_field_index("ladd_dense_labels"), "ladd_dense_labels",
+                             pa.array(stored, pa.binary()))
+    pq.write_table(table, path)
+    with pytest.raises(InvalidInputError, match="differ from the source's recorded digests"):
+        import_parquet(folder, tmp_path / "back.ladd")
+    assert leftovers(tmp_path) == sorted(["pq", "src.ladd"])
+
+
+def test_cli_export_and_import_parquet(tmp_path, container, capsys):
+    pytest.importorskip("pyarrow")
+    assert _cli(["export", str(container), str(tmp_path / "pq"), "--format", "parquet"]) == 0
+    out = capsys.readouterr().out
+    assert out == f"exported {container} -> {tmp_path / 'pq'} (parquet)\n"
+    assert _cli(["import", "parquet", str(tmp_path / "pq"), str(tmp_path / "back.ladd")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("imported parquet")
+    _same_container(container, tmp_path / "back.ladd")
+    assert _cli(["import", "parquet", str(tmp_path / "nowhere"), str(tmp_path / "x.ladd")]) == 1
+    assert capsys.readouterr().err.count("\n") == 1

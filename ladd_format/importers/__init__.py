@@ -27,7 +27,7 @@ from .._cli_args import add_labeling_options, finite_float, nonnegative_int, pos
 from .._write import write
 from ..errors import InvalidInputError
 from ..sources import MAX_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGES, InputTooLargeError, UnsafePathError, _Limits
-from . import _dc, _folders, _mtt
+from . import _dc, _folders, _mtt, _parquet
 from ._common import (
     CLIP_MARGIN,
     DATASETS,
@@ -50,8 +50,10 @@ __all__ = [
     "CLIP_MARGIN", "DATASETS", "HARD_LABELS_PROVENANCE", "KINDS", "MAX_BYTES", "MAX_CLIPPED_FRACTION",
     "MAX_IMAGES", "MAX_IMAGE_PIXELS", "NORMALIZATIONS", "SOFT_LABELS_PROVENANCE", "ClippingError", "Distilled",
     "InputNotFoundError", "InputTooLargeError", "UnsafePathError", "WhitenedImagesError", "import_distilled",
-    "load_pt", "read_distilled", "register_cli", "write_distilled",
+    "import_parquet", "load_pt", "read_distilled", "register_cli", "write_distilled",
 ]
+
+import_parquet = _parquet.import_parquet
 
 HARD_LABELS_PROVENANCE = "hard-labels (one-hot, repeated per crop)"
 SOFT_LABELS_PROVENANCE = "source-soft-labels (repeated per crop)"
@@ -205,14 +207,17 @@ _EXPORT_FORMATS = (
     "dense_labels.npy (float32 [M, n*n, K]) and manifest.json; "
     "pt: a torch.save dict of tensors images (NCHW, uint8 or with --normalized float32), labels, dense_labels, "
     "mean, std, plus class_names (a list of str); torch.load(weights_only=True) reads it; "
-    "npz: the same, class_names a str array; numpy.load(allow_pickle=False) reads it")
+    "npz: the same, class_names a str array; numpy.load(allow_pickle=False) reads it; "
+    "parquet: data/train-*.parquet as the Hugging Face Hub shows it (PNG image, label, dense_labels) plus the "
+    "stored arrays, so ladd import parquet rebuilds the container exactly")
 
 
 def register_cli(subparsers: Any) -> None:
     """Add ``ladd import`` and ``ladd export`` to the ``ladd`` command's subparsers."""
     s = subparsers.add_parser("import", help="turn a distillation code base's result into a container")
-    s.add_argument("kind", choices=list(KINDS), help="mtt, tesla, glad, datm (images_best.pt ...), "
-                   "dc, dsa, dm (res_*.pt), sre2l, rded, folder (class folders)")
+    s.add_argument("kind", choices=[*KINDS, *_parquet.READS], help="mtt, tesla, glad, datm (images_best.pt ...), "
+                   "dc, dsa, dm (res_*.pt), sre2l, rded, folder (class folders), parquet (ladd export --format "
+                   "parquet: exact)")
     s.add_argument("src", help="the result folder, or the images / res_*.pt file")
     s.add_argument("out")
     s.add_argument("--normalization",
@@ -240,10 +245,10 @@ def register_cli(subparsers: Any) -> None:
     add_labeling_options(s)
     s.set_defaults(func=_cmd_import)
 
-    s = subparsers.add_parser("export", help="write a container as a PNG folder, .pt or .npz")
+    s = subparsers.add_parser("export", help="write a container as a PNG folder, .pt, .npz or parquet")
     s.add_argument("path")
     s.add_argument("out")
-    s.add_argument("--format", required=True, choices=["folder", "pt", "npz"], help=_EXPORT_FORMATS)
+    s.add_argument("--format", required=True, choices=["folder", "pt", "npz", "parquet"], help=_EXPORT_FORMATS)
     s.add_argument("--normalized", action="store_true",
                    help="pt/npz: float32 images normalised with the container's mean/std instead of uint8")
     s.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
@@ -251,6 +256,8 @@ def register_cli(subparsers: Any) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    if args.kind in _parquet.READS:
+        return _parquet.cmd(args)
     if (args.mean is None) != (args.std is None):
         raise InvalidInputError("--mean and --std go together")
     if args.mean is not None and args.normalization is not None:

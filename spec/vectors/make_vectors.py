@@ -1,4 +1,4 @@
-"""Generates the frozen container vectors (v1.0/, v1.1/, v1.2/). Run once; never regenerate silently.
+"""Generates the frozen container vectors (v1.0/, v1.1/, v1.2/, v1.3/). Run once; never regenerate silently.
 
     python spec/vectors/make_vectors.py
 
@@ -102,9 +102,39 @@ def _vectors_v12() -> dict[str, dict]:
     }
 
 
+def _vectors_v13() -> dict[str, dict]:
+    """A container whose manifest has the ``publication`` member added in format 1.3."""
+    rng = np.random.default_rng(20261129)
+    return {
+        "published_uint8.ladd.zip": dict(
+            images=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), labels=np.array([0, 1, 2, 1]),
+            dense_labels=_probs(rng, (4, 9, 3)),
+            kwargs=dict(encoding="uint8", compression="zstd", sampler={"n": 3}, class_names=["cat", "dog", "owl"],
+                        distillation={"method": "random-real", "source_dataset": "synthetic"},
+                        publication={"license": "CC-BY-4.0", "authors": ["Ada Lovelace", "Émile Noël"],
+                                     "citation": "@misc{ladd_vector,\n  title = {A frozen LADD vector},\n"
+                                                 "  author = {Lovelace, Ada and No\\\"{e}l, \u00c9mile},\n"
+                                                 "  year = {2026}\n}",
+                                     "homepage": "https://example.org/ladd/vector?v=1.3",
+                                     "description": "Four random images; the format's 1.3 vector."})),
+    }
+
+
 def _write_vector(folder: Path, name: str, v: dict) -> None:
     target = folder / name
-    ladd_format.write(target, v["images"], v["labels"], v["dense_labels"], **v["kwargs"])
+    kwargs = dict(v["kwargs"])
+    publication = kwargs.pop("publication", None)
+    if publication is None:
+        ladd_format.write(target, v["images"], v["labels"], v["dense_labels"], **kwargs)
+    else:  # the writer sets publication through a copy that keeps every stored array
+        import tempfile
+
+        from ladd_format.publish import copy_container
+
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = ladd_format.write(Path(tmp) / "plain.ladd", v["images"], v["labels"], v["dense_labels"],
+                                      **kwargs)
+            copy_container(plain, target, publication=publication, compression=kwargs.get("compression", "zstd"))
     with ladd_format.open(target) as ds:
         arrays = dict(images=v["images"], labels=v["labels"].astype(np.int64),
                       dense_labels=np.asarray(ds.dense_labels))
@@ -126,7 +156,8 @@ def _write_sums(folder: Path) -> None:
 
 
 def main() -> int:
-    for version, vectors in (("v1.0", _vectors()), ("v1.1", _vectors_v11()), ("v1.2", _vectors_v12())):
+    for version, vectors in (("v1.0", _vectors()), ("v1.1", _vectors_v11()), ("v1.2", _vectors_v12()),
+                             ("v1.3", _vectors_v13())):
         folder = ROOT / version
         folder.mkdir(parents=True, exist_ok=True)
         for name, v in vectors.items():
