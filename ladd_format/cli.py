@@ -22,6 +22,7 @@ from ._read import open as open_container
 from .errors import InvalidInputError, LaddError
 from .importers import register_cli as register_import_export
 from .storage import register_cli as register_storage
+from .publish import register_cli as register_publish
 from .testing import write_example
 
 
@@ -371,6 +372,7 @@ def _parser() -> argparse.ArgumentParser:
 
     register_import_export(sub)
     register_storage(sub)
+    register_publish(sub)
     return p
 
 
