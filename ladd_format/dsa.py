@@ -104,6 +104,27 @@ def apply_dsa(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
     return _APPLY[params.family](x, v)
 
 
+def apply_dsa_many(xs: list[torch.Tensor], params: list[DSAParams]) -> list[torch.Tensor]:
+    """Apply one draw to each tensor of ``xs`` (e.g. one batch per seed), with one call per
+    family drawn rather than one per tensor; the same values as separate :func:`apply_dsa`
+    calls, since every family acts on each sample alone."""
+    if len(xs) != len(params):
+        raise InvalidInputError(f"{len(xs)} tensors but {len(params)} DSA draws")
+    out: list[torch.Tensor | None] = [None] * len(xs)
+    for family in dict.fromkeys(p.family for p in params):
+        picked = [i for i, p in enumerate(params) if p.family == family]
+        if len(picked) == 1:
+            out[picked[0]] = apply_dsa(xs[picked[0]], params[picked[0]])
+            continue
+        first = params[picked[0]]
+        joined = DSAParams(family, first.height, first.width,
+                           {k: torch.cat([params[i].values[k] for i in picked]) for k in first.values})
+        done = apply_dsa(torch.cat([xs[i] for i in picked]), joined)
+        for i, part in zip(picked, done.split([len(xs[i]) for i in picked])):
+            out[i] = part
+    return out  # type: ignore[return-value]
+
+
 def dsa(x: torch.Tensor, *others: torch.Tensor, strategy: str = STRATEGY,
         generator: torch.Generator | None = None):
     """Augment ``x``; tensors in ``others`` (same shape) get the very same draw.

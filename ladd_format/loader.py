@@ -15,6 +15,8 @@ pixels, that equals normalising the crops (to float32 rounding) and costs a frac
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,7 +27,7 @@ from ._encodings import Encoding, _torch_float32
 from ._read import LazyArray
 from ._store import rows_per_block
 from ._torch import channel_stats, normalise, resolve_device
-from .dsa import STRATEGY, apply_dsa, sample_dsa
+from .dsa import STRATEGY, DSAParams, apply_dsa, sample_dsa
 from .errors import InvalidInputError
 from .sampler import UniformSampler
 
@@ -59,7 +61,8 @@ class DeviceLoader:
     applies DSA to the images and the crops (one family per step, parameters per sample).
     ``images_on="pinned"`` keeps the images in host memory (pinned for a CUDA device) and
     copies each batch's images over, for datasets whose images do not fit on the device;
-    the batches are the same. :meth:`memory` says what the loader holds where.
+    the batches are the same. :meth:`memory` says what the loader holds where;
+    :meth:`with_seed` gives another seed's loader over the same arrays.
 
     ``Batch.dense`` rows are those of ``dataset.dense_labels`` bit for bit; for a logits
     container softmax(z / T) is computed in torch, within 1e-6 relative of numpy's.
@@ -108,13 +111,40 @@ class DeviceLoader:
         held["device"].update({name: t.nbytes for name, t in self._stored.items()})
         return held
 
+    def with_seed(self, seed: int) -> DeviceLoader:
+        """A loader over the same uploaded arrays (nothing is copied) with its own ``seed``:
+        its own order, crop picks and DSA draws, from epoch 0; one per seed when several
+        models train together."""
+        other = copy.copy(self)
+        other.seed, other.epoch = int(seed), 0
+        return other
+
     def __iter__(self) -> Iterator[Batch]:
+        for batch, params in self.plain_batches():
+            if params is not None:
+                b = len(batch.images)
+                batch = dataclasses.replace(
+                    batch, images=apply_dsa(batch.images, params.select(slice(0, b))),
+                    crops=apply_dsa(batch.crops, params.select(slice(b, None))) if len(batch.crops) else batch.crops)
+            yield batch
+
+    def plain_batches(self) -> Iterator[tuple[Batch, DSAParams | None]]:
+        """One epoch of batches before augmentation, each with its DSA draw (``None`` without
+        ``augment``) for the images followed by the crops; iterating the loader applies them.
+        A trainer that augments several loaders' batches at once (:func:`~ladd_format.dsa.apply_dsa_many`)
+        iterates this instead: the random draws are the same."""
         generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
         self.epoch += 1
         m = len(self._labels)
         order = torch.randperm(m, generator=generator) if self.shuffle else torch.arange(m)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield self._batch(order[start:start + self.batch_size], generator)
+            batch = self._batch(order[start:start + self.batch_size], generator)
+            params = None
+            if self.augment == "dsa":
+                h, w = batch.images.shape[2:]
+                params = sample_dsa(len(batch.images) + len(batch.crops), h, w, strategy=STRATEGY,
+                                    generator=generator, device=self.device)
+            yield batch, params
 
     def _batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
         b, n2, dev = len(index), self.sampler.num_crops, self.device
@@ -134,15 +164,7 @@ class DeviceLoader:
             crops = self.sampler.crops_at(images, crop_image, crop_id, dtype=self.dtype)
             crop_image, crop_id = crop_image.to(dev), crop_id.to(dev)
         dense = self._dense(idx[crop_image], crop_id)
-        images = images.to(self.dtype)
-        if self.augment == "dsa":
-            h, w = images.shape[2:]
-            params = sample_dsa(b + len(crops), h, w, strategy=STRATEGY, generator=generator,
-                                device=dev)
-            images = apply_dsa(images, params.select(slice(0, b)))
-            if len(crops):
-                crops = apply_dsa(crops, params.select(slice(b, None)))
-        return Batch(images, self._labels.index_select(0, idx), crops, dense, idx, crop_image,
+        return Batch(images.to(self.dtype), self._labels.index_select(0, idx), crops, dense, idx, crop_image,
                      crop_id)
 
     def _batch_images(self, index: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

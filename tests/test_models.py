@@ -110,8 +110,8 @@ def test_convnet_norms():
 
 def test_convnet_blocks_in_the_fields_order():
     f = build_model("convnet", 3, 10, 32).features
-    kinds = [type(m) for m in f]
-    assert kinds == [nn.Conv2d, nn.GroupNorm, nn.ReLU, nn.AvgPool2d] * 3
+    kinds = [nn.Conv2d, nn.GroupNorm, nn.ReLU, nn.AvgPool2d] * 3  # the pool is an AvgPool2d(2, 2) subclass
+    assert len(f) == len(kinds) and all(isinstance(m, kind) for m, kind in zip(f, kinds))
     assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in _convs(f))
 
 
@@ -248,3 +248,19 @@ def test_vit_needs_whole_patches(size, patch):
 def test_bad_arguments(args, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
         build_model(*args, **kwargs)
+
+
+def test_convnet_pooling_equals_avg_pool2d():
+    """The ConvNet's CPU 2x2 pooling (pair sums and a matmul) gives avg_pool2d's values and gradients."""
+    from ladd_format.models import _AvgPool2x2
+
+    pool = build_model("convnet", 1, 10, 28, width=8).features[3]
+    assert isinstance(pool, _AvgPool2x2) and isinstance(pool, nn.AvgPool2d)
+    for shape in ((3, 8, 32, 32), (2, 4, 7, 6), (2, 4, 5, 5)):  # odd sides take avg_pool2d itself
+        x = torch.randn(shape, requires_grad=True)
+        y, ref = pool(x), nn.functional.avg_pool2d(x, 2, 2)
+        torch.testing.assert_close(y, ref, rtol=0, atol=1e-6)
+        g = torch.randn_like(y)
+        torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(pool, (x,))

@@ -53,10 +53,11 @@ def test_micro_batches_in_other_modes(container, mode):
 
 
 def test_default_pass_size_bounds_activations():
+    """On a CPU the first activation map of a pass (width x H x W float32 per input) stays under 16 MiB."""
     cpu = torch.device("cpu")
-    assert train_module.pass_inputs((28, 28), 128, cpu) == train_module.PASS_BYTES_CPU // (2200 * 32 * 32)
-    assert train_module.pass_inputs((128, 128), 128, cpu) < train_module.pass_inputs((32, 32), 128, cpu)
-    assert train_module.pass_inputs((32, 32), 64, cpu) == 2 * train_module.pass_inputs((32, 32), 128, cpu)
+    assert train_module.pass_inputs((28, 28), 64, cpu) == 64 == train_module.CPU_TENSOR_BYTES // (4 * 64 * 32 * 32)
+    assert train_module.pass_inputs((28, 28), 128, cpu) == 32 == train_module.pass_inputs((28, 28), None, cpu)
+    assert train_module.pass_inputs((128, 128), 128, cpu) == 2 and train_module.pass_inputs((128, 128), 512, cpu) == 1
 
 
 def test_presets_fill_what_is_not_given(container):
@@ -80,7 +81,7 @@ def test_bad_train_arguments(container, kwargs, match):
 
 
 def test_cross_architecture_checks_the_test_set_before_training(container, source, monkeypatch):
-    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(train_module, "run_seeds", lambda *a, **k: pytest.fail("trained"))
     rgb = np.zeros((5, 28, 28, 3), np.uint8)
     with pytest.raises(InvalidInputError, match="28x28x3"):
         cross_architecture(container, rgb, np.zeros(5, np.int64))
@@ -88,6 +89,8 @@ def test_cross_architecture_checks_the_test_set_before_training(container, sourc
         cross_architecture(container, source.test_images, source.test_labels + 10)
     with pytest.raises(InvalidInputError, match="seeds"):
         cross_architecture(container, source.test_images, source.test_labels, seeds=0)
+    with pytest.raises(InvalidInputError, match="seeds"):
+        cross_architecture(container, source.test_images, source.test_labels, seeds=[1, 1])
 
 
 def test_labeler_checkpoint_is_digest_checked(source, tmp_path):
@@ -148,6 +151,7 @@ def test_demo_settings_from_preset():
     s = DemoSettings.from_preset("cpu", ipc=3, train={"epochs": 7})
     assert s.labeler["train_images"] == 6000 and s.train["epochs"] == 7 and s.train["crops_per_image"] == 5
     assert "labeler.train_images 6000" in s.describe()
+    assert s.seeds == 3 and "seeds 3" in s.describe()  # mean +/- std by default
     for bad in ({"ipc": 0}, {"seeds": 0}, {"ipc": -1}):
         with pytest.raises(InvalidInputError):
             DemoSettings.from_preset("cpu", **bad)
@@ -187,3 +191,13 @@ def test_labeler_passes_can_be_smaller_than_one_image(source):
     np.testing.assert_allclose(np.concatenate(parts), label_crops(images, lab, progress=False), rtol=0, atol=1e-6)
     cpu = torch.device("cpu")
     assert [crops_per_pass((s, s), cpu) for s in (28, 64, 128, 224)] == [445, 85, 21, 6]
+
+
+def test_demo_table_gives_mean_and_std_for_every_row():
+    from ladd_format.demo import format_table
+
+    rows = [{"method": m, "ipc": 10, "labels": labels, "accuracy_mean": 0.5, "accuracy_std": s, "accuracies": a,
+             "bytes": 1000, "overhead_percent": 0.0}
+            for m, labels, s, a in (("baseline", "hard", 0.01, [0.49, 0.51]), ("LADD", "ladd", 0.0, [0.5, 0.5]))]
+    table = format_table({"rows": rows})
+    assert "50.00 +/- 1.00" in table and "50.00 +/- 0.00" in table and "2 seeds" in table

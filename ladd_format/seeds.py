@@ -1,0 +1,265 @@
+"""The training engine: S seeds of one architecture trained as one computation.
+
+Each seed's model is built after ``torch.manual_seed(seed)``, as a single run builds it, and
+its parameters are stacked into [S, ...] leaves that one SGD updates (SGD acts on each element
+alone, so that is S separate optimisers). For S > 1 the S networks run as one network S times
+as wide whose seeds never mix: convolutions as one grouped convolution (S groups), group norms
+as one group norm with S times the groups, the head as one batched matmul. Each seed sees its
+own batches (its own :class:`~ladd_format.loader.DeviceLoader` seed: order, crop picks, DSA
+draws) and gets the gradient a single run computes, up to float reassociation.
+
+Grouped convolutions were chosen by measurement (2-core Xeon, ConvNet width 64, 600 inputs a
+seed, 5 seeds): as fast as five separate passes and bit-identical in the forward pass, where
+``torch.func.vmap`` over ``functional_call`` took twice as long (its group-norm rule applies
+the affine part in extra passes and its convolution rule transposes the batch).
+
+Every architecture with only convolutions, group norms, ReLUs, pools and a linear head
+(ConvNet, AlexNet, VGG11, ResNet18) runs grouped. A model with dropout (the ViT) or batch norm
+trains its seeds one by one through the same engine: per-seed dropout masks and batch
+statistics cannot be drawn inside one grouped pass the way S single runs draw them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from .dsa import apply_dsa_many
+from .loader import DeviceLoader
+from .models import _AlexNet, _BasicBlock, _ConvNet, _ResNet18, _VGG11
+
+_PER_CHANNEL = (nn.ReLU, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity)
+"""Parameter-free layers that act on each channel alone, so they run on S seeds' channels as they are."""
+
+_RELU = nn.ReLU()
+_TRUNKS: dict[type, tuple[tuple[str | nn.Module, ...], str]] = {
+    _ConvNet: (("features",), "classifier"),
+    _AlexNet: (("features",), "fc"),
+    _VGG11: (("features",), "classifier"),
+    _ResNet18: (("conv1", "bn1", _RELU, "layer1", "layer2", "layer3", "layer4", "pool"), "classifier"),
+}
+"""Per architecture: the layers up to the flattened features, then the name of the linear head."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the engine needs, resolved by :func:`ladd_format.train.train`."""
+
+    mode: str
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    crop_weight: float
+    crop_reduction: str
+    per_pass: int
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+
+def groupable(model: nn.Module) -> bool:
+    """Whether S copies of ``model`` can run as one grouped network (see the module docstring)."""
+    if type(model) not in _TRUNKS or any(True for _ in model.buffers()):
+        return False
+    layers, head = _TRUNKS[type(model)]
+    return isinstance(getattr(model, head), nn.Linear) and all(
+        _supported(getattr(model, item) if isinstance(item, str) else item) for item in layers)
+
+
+def _supported(module: nn.Module) -> bool:
+    if isinstance(module, (nn.Sequential, _BasicBlock)):
+        return all(_supported(child) for child in module.children())
+    return isinstance(module, (nn.Conv2d, nn.GroupNorm, *_PER_CHANNEL))
+
+
+def stack(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
+    """The models' parameters stacked into [S, ...] leaves (copies), by name."""
+    named = [dict(m.named_parameters()) for m in models]
+    return {name: torch.stack([p[name].detach() for p in named]).requires_grad_() for name in named[0]}
+
+
+def _run_grouped(module: nn.Module, prefix: str, params: dict[str, torch.Tensor], h: torch.Tensor,
+                 s: int) -> torch.Tensor:
+    """``module`` on [N, S*C, H, W], seed j holding channels j*C..(j+1)*C-1."""
+    if isinstance(module, nn.Sequential):
+        for name, child in module.named_children():
+            h = _run_grouped(child, f"{prefix}{name}.", params, h, s)
+        return h
+    if isinstance(module, nn.Conv2d):
+        bias = params.get(prefix + "bias")
+        return F.conv2d(h, params[prefix + "weight"].flatten(0, 1), None if bias is None else bias.flatten(),
+                        module.stride, module.padding, module.dilation, module.groups * s)
+    if isinstance(module, nn.GroupNorm):
+        weight, bias = params.get(prefix + "weight"), params.get(prefix + "bias")
+        return F.group_norm(h, module.num_groups * s, None if weight is None else weight.flatten(),
+                            None if bias is None else bias.flatten(), module.eps)
+    if isinstance(module, _BasicBlock):
+        out = _run_grouped(module.conv1, prefix + "conv1.", params, h, s)
+        out = F.relu(_run_grouped(module.bn1, prefix + "bn1.", params, out, s))
+        out = _run_grouped(module.conv2, prefix + "conv2.", params, out, s)
+        out = _run_grouped(module.bn2, prefix + "bn2.", params, out, s)
+        return F.relu(out + _run_grouped(module.shortcut, prefix + "shortcut.", params, h, s))
+    return module(h)
+
+
+def grouped_forward(model: nn.Module, channels_last: bool = False
+                    ) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+    """forward(params [S, ...], x [N, S, C, H, W]) -> logits [S, N, K] for a :func:`groupable` model."""
+    layers, head = _TRUNKS[type(model)]
+
+    def forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        n, s = x.shape[:2]
+        h = _layout(x.flatten(1, 2), channels_last)
+        for item in layers:
+            h = _run_grouped(getattr(model, item), item + ".", params, h, s) if isinstance(item, str) else item(h)
+        features = h.reshape(n, s, -1).transpose(0, 1)
+        return torch.baddbmm(params[head + ".bias"].unsqueeze(1), features,
+                             params[head + ".weight"].transpose(1, 2))
+
+    return forward
+
+
+def single_forward(model: nn.Module, channels_last: bool = False
+                   ) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+    """forward(params [1, ...], x [N, 1, C, H, W]) -> logits [1, N, K]: the model's own forward."""
+    buffers = dict(model.named_buffers())
+
+    def forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        own = {name: p.view(p.shape[1:]) for name, p in params.items()}
+        return functional_call(model, (own, buffers), (_layout(x[:, 0], channels_last),)).unsqueeze(0)
+
+    return forward
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class _Compiled:
+    """``torch.compile(fn)``, or ``fn`` itself from the first failure on (one warning), since
+    compiling needs a toolchain (a C++ compiler on CPU, Triton on CUDA) that may be missing."""
+
+    warned = False
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.compiled: Callable | None = torch.compile(fn)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
+                self.compiled = None
+                if not _Compiled.warned:
+                    _Compiled.warned = True
+                    warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                                  "training runs eager", RuntimeWarning, stacklevel=2)
+        return self.fn(*args)
+
+
+def run(models: Sequence[nn.Module], loaders: Sequence[DeviceLoader], plan: Plan, *,
+        soft: torch.Tensor | None = None, progress: bool = True) -> list[list[float]]:
+    """Train ``models`` (one per loader) together; returns each seed's mean loss per epoch.
+
+    The models' parameters are set to the trained values at the end. ``soft`` holds each image's
+    soft label [M, K] for mode ``"soft"``.
+    """
+    s, k, mode = len(models), loaders[0].k, plan.mode
+    params = stack(models)
+    forward = (grouped_forward if s > 1 else single_forward)(models[0], plan.channels_last)
+    if plan.compile:
+        forward = _Compiled(forward)
+    for m in models:
+        m.train()
+    opt = torch.optim.SGD(list(params.values()), lr=plan.lr, momentum=plan.momentum,
+                          weight_decay=plan.weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[plan.epochs // 2], gamma=0.1)
+    dev = loaders[0].device
+    rows_per_pass = max(1, plan.per_pass // s)
+    losses: list[list[float]] = [[] for _ in range(s)]
+    bar = tqdm(range(plan.epochs), desc=f"train {mode}" + (f" x{s} seeds" if s > 1 else ""), unit="epoch",
+               disable=not progress, leave=False)
+    for _ in bar:
+        total, steps = torch.zeros(s, device=dev), 0
+        for step in zip(*(loader.plain_batches() for loader in loaders)):
+            x, targets = _inputs(step, mode, soft)
+            opt.zero_grad(set_to_none=True)
+            for lo in range(0, len(x), rows_per_pass):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=plan.amp):
+                    logits = forward(params, x[lo:lo + rows_per_pass])
+                per_seed = _pass_loss(logits, lo, targets, plan, k)
+                per_seed.sum().backward()
+                total += per_seed.detach()
+            opt.step()
+            steps += 1
+        schedule.step()
+        for seed_losses, value in zip(losses, (total / max(1, steps)).tolist()):  # one host sync an epoch
+            seed_losses.append(value)
+        bar.set_postfix(loss=f"{sum(r[-1] for r in losses) / s:.3f}")
+    with torch.no_grad():
+        for j, m in enumerate(models):
+            for name, p in m.named_parameters():
+                p.copy_(params[name][j])
+            m.eval()
+    return losses
+
+
+@dataclass(frozen=True)
+class _Targets:
+    images: int          # rows [0, images) are full images, the rest crops
+    labels: torch.Tensor  # [S, images] class indices, or [S, images, K] soft labels
+    dense: torch.Tensor   # [S, crops, K]
+
+
+def _inputs(step, mode: str, soft: torch.Tensor | None) -> tuple[torch.Tensor, _Targets]:
+    """One step of every seed as inputs [N, S, C, H, W] (images, then crops) with DSA applied
+    (one call per family drawn across the seeds) and the targets of those rows."""
+    xs, draws = [], []
+    for batch, params in step:
+        b = len(batch.images)
+        if mode == "crops-only":
+            xs.append(batch.crops)
+            params = None if params is None else params.select(slice(b, None))
+        else:
+            xs.append(torch.cat([batch.images, batch.crops]) if len(batch.crops) else batch.images)
+        draws.append(params)
+    if draws[0] is not None:
+        xs = apply_dsa_many(xs, draws)
+    batches = [batch for batch, _ in step]
+    images = 0 if mode == "crops-only" else len(batches[0].images)
+    if mode == "soft":
+        labels = torch.stack([soft[b.index] for b in batches])
+    else:
+        labels = torch.stack([b.labels for b in batches])
+    return torch.stack(xs, dim=1), _Targets(images, labels, torch.stack([b.dense for b in batches]))
+
+
+def _pass_loss(logits: torch.Tensor, lo: int, t: _Targets, plan: Plan, k: int) -> torch.Tensor:
+    """Each seed's share [S] of its step loss (Eq. 5, see :func:`ladd_format.train.ladd_loss`)
+    from the rows lo..lo+n of the step: image rows weigh 1/B each, crop rows crop_weight/(B*k)
+    (times k with ``crop_reduction="sum"``), so the passes of a step add up to its loss."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    hi = lo + logits.shape[1]
+    b = t.images if t.images else t.dense.shape[1] // k
+    total = logp.new_zeros(logp.shape[0])
+    if lo < t.images:
+        part, labels = logp[:, :min(hi, t.images) - lo], t.labels[:, lo:min(hi, t.images)]
+        picked = part.gather(-1, labels.unsqueeze(-1)) if labels.dim() == 2 else labels * part
+        total = total - picked.sum((1, 2)) / b
+    first = max(lo, t.images)
+    if first < hi:
+        dense = t.dense[:, first - t.images:hi - t.images]
+        weight = (1.0 if plan.mode == "crops-only" else plan.crop_weight) / (b * k)
+        if plan.crop_reduction == "sum":
+            weight *= k
+        total = total - (dense * logp[:, first - lo:]).sum((1, 2)) * weight
+    return total
