@@ -330,7 +330,7 @@ def report(info: dict, rows: list[dict]) -> str:
     out.append(_table(header, table))
     if any(not r["rss_reset"] for r in rows):
         out += ["", "Peak RSS could not be reset between rows here: each figure is the process's peak so far."]
-    out += ["", f"Data: {info['data']}", ""]
+    out += ["", f"Data: {info['data']}", "", ""]
     return "\n".join(out)
 
 
