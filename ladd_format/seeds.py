@@ -8,15 +8,18 @@ as one group norm with S times the groups, the head as one batched matmul. Each 
 own batches (its own :class:`~ladd_format.loader.DeviceLoader` seed: order, crop picks, DSA
 draws) and gets the gradient a single run computes, up to float reassociation.
 
-Grouped convolutions were chosen by measurement (2-core Xeon, ConvNet width 64, 600 inputs a
-seed, 5 seeds): as fast as five separate passes and bit-identical in the forward pass, where
-``torch.func.vmap`` over ``functional_call`` took twice as long (its group-norm rule applies
-the affine part in extra passes and its convolution rule transposes the batch).
+Grouped convolutions were chosen over ``torch.func.vmap`` of ``functional_call`` by measurement
+(2-core Xeon, ConvNet width 64, 600 inputs a seed, 5 seeds): bit-identical to separate models
+in the forward pass, where vmap took twice as long (its group-norm rule applies the affine
+part in extra passes and its convolution rule transposes the batch). The gain is meant for
+GPUs, where one seed's kernels are too small to fill the device; no GPU was measured here.
 
 Every architecture with only convolutions, group norms, ReLUs, pools and a linear head
-(ConvNet, AlexNet, VGG11, ResNet18) runs grouped. A model with dropout (the ViT) or batch norm
-trains its seeds one by one through the same engine: per-seed dropout masks and batch
-statistics cannot be drawn inside one grouped pass the way S single runs draw them.
+(ConvNet, AlexNet, VGG11, ResNet18) runs grouped on the device types in
+:data:`GROUPED_DEVICES`. Elsewhere, and for a model with dropout (the ViT) or batch norm, the
+seeds run one after another through the same engine, sharing one upload: per-seed dropout
+masks and batch statistics cannot be drawn inside one grouped pass the way S single runs
+draw them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from tqdm.auto import tqdm
 from .dsa import apply_dsa_many
 from .loader import DeviceLoader
 from .models import _AlexNet, _BasicBlock, _ConvNet, _ResNet18, _VGG11
+
+GROUPED_DEVICES: tuple[str, ...] = ("cuda",)
+"""Device types where S > 1 seeds run as one grouped network. Not the CPU: there oneDNN's
+grouped convolutions measured slower than one seed after another in every case tried (0.9x
+at width 64 on 28 px, 0.7x at width 16, 0.2x to 0.5x at 128 px; benchmarks/results/train.md),
+the work being memory bound; one by one gives the same results there, bit for bit."""
 
 _PER_CHANNEL = (nn.ReLU, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity)
 """Parameter-free layers that act on each channel alone, so they run on S seeds' channels as they are."""
@@ -65,8 +74,11 @@ class Plan:
     compile: bool = False
 
 
-def groupable(model: nn.Module) -> bool:
-    """Whether S copies of ``model`` can run as one grouped network (see the module docstring)."""
+def groupable(model: nn.Module, device: torch.device | None = None) -> bool:
+    """Whether S copies of ``model`` run as one grouped network (on ``device``, when given:
+    see :data:`GROUPED_DEVICES`)."""
+    if device is not None and device.type not in GROUPED_DEVICES:
+        return False
     if type(model) not in _TRUNKS or any(True for _ in model.buffers()):
         return False
     layers, head = _TRUNKS[type(model)]

@@ -128,11 +128,13 @@ def train_seeds(dataset: LaddDataset | str | os.PathLike[str], *, seeds: int | S
     """Train one model per seed (``seeds``: a count, meaning ``range(seeds)``, or the seeds);
     ``train_kwargs`` are those of :func:`train`. Returns one :class:`TrainResult` per seed.
 
-    ``together=True`` trains the seeds as one batched computation (:mod:`ladd_format.seeds`):
-    one upload of the dataset, each seed with its own initialisation, data order and DSA
+    ``together=True`` trains the seeds as one batched computation (:mod:`ladd_format.seeds`) on
+    CUDA: one upload of the dataset, each seed with its own initialisation, data order and DSA
     draws, so every result is the one :func:`train` gives for that seed up to float
-    reassociation. Models with dropout or batch norm (the ViT) are trained one by one even
-    then. ``together=False`` calls :func:`train` for each seed in turn.
+    reassociation. On a CPU, where that measured slower, and for models with dropout or batch
+    norm (the ViT), the seeds run one after another over the one upload, with the results of
+    :func:`train` exactly; ``settings["together"]`` says which ran. ``together=False`` calls
+    :func:`train` for each seed in turn.
     """
     seeds = _seed_list(seeds)
     if "seed" in train_kwargs:
@@ -212,7 +214,7 @@ def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convn
     plan = Plan(mode=mode, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                 crop_weight=crop_weight, crop_reduction=crop_reduction, per_pass=per_pass, amp=use_amp,
                 channels_last=channels_last, compile=compile)
-    together = len(seeds) > 1 and groupable(models[0])
+    together = len(seeds) > 1 and groupable(models[0], dev)
     groups = [list(range(len(seeds)))] if together else [[j] for j in range(len(seeds))]
     losses: list[list[float]] = [[] for _ in seeds]
     for group in groups:

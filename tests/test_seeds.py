@@ -1,9 +1,11 @@
 """Several seeds trained together (ladd_format.seeds) give what separate runs give.
 
-Tolerance: the batched run reassociates float sums (grouped convolutions, batched head), so
-per-seed losses must match separate :func:`train` runs within rtol 1e-5 at every epoch (each
-epoch one step where stated, so that is per step) and parameters within atol 1e-5; measured
-differences are about 2e-7 relative. ``together=False`` must match exactly.
+The grouped network runs on CUDA only by default (``GROUPED_DEVICES``); the ``grouped``
+fixture turns it on for the CPU, where these tests run. Tolerance: the grouped run
+reassociates float sums (grouped convolutions, batched head), so per-seed losses must match
+separate :func:`train` runs within rtol 1e-5 at every epoch (each epoch one step where stated,
+so that is per step) and parameters within atol 1e-5; measured differences are about 2e-7
+relative. Seeds run one after another (the CPU default, ``together=False``) must match exactly.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def grouped(monkeypatch):
+    monkeypatch.setattr(seeds_module, "GROUPED_DEVICES", ("cuda", "cpu"))
+
+
 @pytest.fixture(scope="module")
 def gray(tmp_path_factory):
     return write_example(tmp_path_factory.mktemp("seeds") / "g.ladd", size=28, channels=1, ipc=2)
@@ -49,7 +56,7 @@ def _assert_close(together, separate, rtol=1e-5, atol=1e-5):
             torch.testing.assert_close(pa, pb, rtol=1e-4, atol=atol, msg=name)
 
 
-def test_each_seed_starts_from_its_single_run_init(gray, monkeypatch):
+def test_each_seed_starts_from_its_single_run_init(gray, monkeypatch, grouped):
     seen = {}
 
     def capture(models, loaders, plan, **kwargs):
@@ -68,7 +75,7 @@ def test_each_seed_starts_from_its_single_run_init(gray, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["ladd", "hard", "soft", "crops-only"])
-def test_together_equals_separate_runs(gray, mode):
+def test_together_equals_separate_runs(gray, mode, grouped):
     seeds = [0, 1, 2] if mode == "ladd" else [2, 0]
     together = train_seeds(gray, seeds=seeds, mode=mode, **TINY)
     assert all(r.settings["together"] for r in together)
@@ -76,13 +83,13 @@ def test_together_equals_separate_runs(gray, mode):
     assert together[0].losses != together[1].losses  # the seeds do differ
 
 
-def test_per_step_losses_match(gray):
+def test_per_step_losses_match(gray, grouped):
     """One step an epoch (the batch holds every image): each epoch's loss is one step's."""
     kwargs = {**TINY, "epochs": 4, "batch_size": 64}
     _assert_close(train_seeds(gray, seeds=2, **kwargs), [train(gray, seed=s, **kwargs) for s in (0, 1)])
 
 
-def test_another_architecture(gray):
+def test_another_architecture(gray, grouped):
     kwargs = dict(model="alexnet", mode="hard", epochs=1, batch_size=10, progress=False)
     together = train_seeds(gray, seeds=2, **kwargs)
     assert together[0].settings["together"]
@@ -110,7 +117,7 @@ def test_grouped_step_equals_each_model(name):
             torch.testing.assert_close(params[pname].grad[j], p.grad, rtol=1e-9, atol=1e-12, msg=pname)
 
 
-def test_models_with_dropout_train_one_by_one(gray, monkeypatch):
+def test_models_with_dropout_train_one_by_one(gray, monkeypatch, grouped):
     vit = build_model("vit", 1, 10, 28)
     assert not seeds_module.groupable(vit) and not seeds_module.groupable(build_model("convnet", 1, 10, 28,
                                                                                       norm="batchnorm"))
@@ -119,6 +126,16 @@ def test_models_with_dropout_train_one_by_one(gray, monkeypatch):
                         lambda models, loaders, plan, **kw: groups.append(len(models)) or [[0.0]] * len(models))
     results = train_seeds(gray, seeds=3, model="vit", mode="hard", epochs=1, progress=False)
     assert groups == [1, 1, 1] and not any(r.settings["together"] for r in results)
+
+
+def test_a_cpu_runs_the_seeds_one_after_another(gray):
+    """By default the CPU shares one upload but runs each seed's passes alone: train()'s results exactly."""
+    kwargs = {**TINY, "epochs": 1}
+    for result, seed in zip(train_seeds(gray, seeds=[3, 1], **kwargs), (3, 1)):
+        single = train(gray, seed=seed, **kwargs)
+        assert result.losses == single.losses and not result.settings["together"]
+        assert all(torch.equal(a, b) for a, b in zip(result.model.parameters(), single.model.parameters()))
+    assert not seeds_module.groupable(build_model("convnet", 1, 10, 28), torch.device("cpu"))
 
 
 def test_one_by_one_is_exactly_separate_runs(gray):
@@ -131,7 +148,7 @@ def test_one_by_one_is_exactly_separate_runs(gray):
             assert torch.equal(a, b)
 
 
-def test_micro_batches_split_seeds_the_same(gray):
+def test_micro_batches_split_seeds_the_same(gray, grouped):
     kwargs = {**TINY, "epochs": 1}
     whole = train_seeds(gray, seeds=2, max_pass_inputs=10_000, **kwargs)
     split = train_seeds(gray, seeds=2, max_pass_inputs=5, **kwargs)  # 2 rows of each seed per pass
@@ -156,7 +173,7 @@ def test_each_seed_draws_its_own_batches(gray):
                    for p, q in zip(*draws))
 
 
-def test_compile_failure_falls_back_to_eager(gray, monkeypatch):
+def test_compile_failure_falls_back_to_eager(gray, monkeypatch, grouped):
     def broken(fn):
         def call(*args):
             raise RuntimeError("no compiler here")
@@ -174,7 +191,7 @@ def test_compile_failure_falls_back_to_eager(gray, monkeypatch):
     assert [r.losses for r in compiled] == [r.losses for r in eager] and compiled[0].settings["compile"]
 
 
-def test_channels_last_gives_the_same_training(gray):
+def test_channels_last_gives_the_same_training(gray, grouped):
     kwargs = {**TINY, "epochs": 1}
     _assert_close(train_seeds(gray, seeds=2, channels_last=True, **kwargs), train_seeds(gray, seeds=2, **kwargs))
 
