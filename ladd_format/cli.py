@@ -214,8 +214,10 @@ def _floats(text: str) -> list[float]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import init_from_env, rank_world
     from .train import check_models, check_test_set, cross_architecture
 
+    rank_device = init_from_env()  # under torchrun: join the group, one GPU per local rank
     models = tuple(m.strip() for m in args.model.split(",") if m.strip())
     with open_container(args.path) as ds:
         source = _test_source(args, ds)
@@ -229,10 +231,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         rows = cross_architecture(view, source.test_images, source.test_labels, models=models,
                                   seeds=args.seeds, mode=args.mode, epochs=args.epochs, lr=args.lr,
                                   batch_size=args.batch_size, crops_per_image=crops, preset=args.preset,
-                                  width=args.width, device=args.device, together=not args.one_by_one)
+                                  width=args.width, device=args.device or rank_device,
+                                  together=not args.one_by_one, parallel=args.parallel)
+    rank, world = rank_world()
+    if rank != 0:
+        return 0
     print(f"{'model':10s} {'mode':10s} {'test accuracy (%)':>20s}   (on {source.name}'s test split)")
     for r in rows:
         print(f"{r['model']:10s} {r['mode']:10s} {100 * r['accuracy_mean']:>11.2f} +/- {100 * r['accuracy_std']:.2f}")
+    if world > 1:
+        print(f"({world} ranks, --parallel {args.parallel})")
     return 0
 
 
@@ -365,7 +373,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--crops", type=_crops, help="crops per image per step: all (default) or k >= 1")
     s.add_argument("--width", type=positive_int, help="ConvNet width (default 128)")
     s.add_argument("--ipc", type=positive_int, help="train on the first IPC images of each class only")
-    s.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available)")
+    s.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available; "
+                                                     "under torchrun, the local rank's GPU)")
+    s.add_argument("--parallel", default="auto", choices=["auto", "grid", "data"],
+                   help="under torchrun: grid spreads the (model, seed) runs over the ranks, data trains each "
+                        "run data-parallel over all ranks; auto (default): grid when there are at least as many "
+                        "runs as ranks")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("show", help="draw an image beside its crops and their dense labels")

@@ -1,6 +1,8 @@
-"""Work under ``torchrun``: label augmentation split over the ranks of a process group.
+"""Work under ``torchrun``: label augmentation split over the ranks of a process group, and
+the collectives of data-parallel training (:func:`sum_gradients`) and of the evaluation grid
+(:func:`all_sum`); see :func:`ladd_format.train.train` and :func:`ladd_format.train.cross_architecture`.
 
-Each rank labels a contiguous range of whole dense-label chunks and stores those chunks into
+Labeling: each rank labels a contiguous range of whole dense-label chunks and stores those chunks into
 one staged container that rank 0 opened (so the stage must be on a file system every rank
 sees). Rank 0 also stores the images and hard labels, then, once every rank has reported
 success, hashes the dense arrays in order (SHA-256 cannot be combined from parts, so it reads
@@ -224,3 +226,42 @@ def _rehash(array: Any) -> Any:
         block = np.ascontiguousarray(array[start:start + step])
         digest.update(np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).view(np.uint8).reshape(-1))
     return digest
+
+
+
+def _collective(op: Callable[..., Any], tensor: torch.Tensor, *args: Any) -> None:
+    """Run one collective; a rank that died or failed becomes a :class:`DistributedError`
+    rather than a hang (gloo sees the closed connection; otherwise the group's timeout)."""
+    try:
+        op(tensor, *args)
+    except RuntimeError as exc:  # DistBackendError and gloo's connection errors
+        raise DistributedError(f"another rank failed or died ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the ranks, in place."""
+    _collective(dist.all_reduce, tensor, dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_from_first(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` with rank 0's values (one flattened message): data-parallel
+    training starts every rank from rank 0's initialisation, whatever the ranks built."""
+    if not tensors:
+        return
+    flat = torch.cat([t.detach().flatten() for t in tensors])
+    _collective(dist.broadcast, flat, 0)
+    with torch.no_grad():
+        for t, value in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.copy_(value.view_as(t))
+
+
+def sum_gradients(params: list[torch.Tensor]) -> None:
+    """Sum the gradients of ``params`` over the ranks as one flattened bucket, one all-reduce
+    a step: what DDP does (in several buckets, overlapped with the backward pass) for the
+    stacked [S, ...] leaves of :mod:`ladd_format.seeds`, which DDP cannot wrap. A parameter
+    without a gradient (a rank with no rows in the step) adds zeros and gets the sum."""
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    all_sum(flat)
+    for p, grad in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = grad.view_as(p)

@@ -27,6 +27,7 @@ from ._encodings import Encoding, _torch_float32
 from ._read import LazyArray
 from ._store import rows_per_block
 from ._torch import channel_stats, normalise, resolve_device
+from .distributed import shard
 from .dsa import STRATEGY, DSAParams, apply_dsa, sample_dsa
 from .errors import InvalidInputError
 from .sampler import UniformSampler
@@ -40,6 +41,8 @@ class Batch:
 
     ``crop_image[r]`` is the row of ``images`` that crop r was cut from and ``crop_id[r]``
     its grid position (row * n + column); ``index`` holds the dataset indices of ``images``.
+    ``global_images`` is the size of the global batch that this batch is a share of (see
+    ``DeviceLoader(share=...)``), ``len(images)`` outside a share: the trainer weighs rows by it.
     """
 
     images: torch.Tensor
@@ -49,6 +52,7 @@ class Batch:
     index: torch.Tensor
     crop_image: torch.Tensor
     crop_id: torch.Tensor
+    global_images: int
 
 
 class DeviceLoader:
@@ -64,6 +68,12 @@ class DeviceLoader:
     the batches are the same. :meth:`memory` says what the loader holds where;
     :meth:`with_seed` gives another seed's loader over the same arrays.
 
+    ``share=(rank, world)`` renders only rank's contiguous share of each global batch's images
+    (:func:`~ladd_format.distributed.shard` of its rows) with their crops, for data-parallel
+    training: the global order, crop picks and DSA draws are drawn as one process draws them
+    and the share's rows selected, so the shares of all ranks are the single-process batch.
+    A share may be empty (a last batch smaller than ``world``).
+
     ``Batch.dense`` rows are those of ``dataset.dense_labels`` bit for bit; for a logits
     container softmax(z / T) is computed in torch, within 1e-6 relative of numpy's.
     """
@@ -71,7 +81,8 @@ class DeviceLoader:
     def __init__(self, dataset, batch_size: int = 256, device: torch.device | str | None = None,
                  crops_per_image: int | str = "all", shuffle: bool = True,
                  seed: int | None = None, augment: str | None = "dsa", drop_last: bool = False,
-                 dtype: torch.dtype = torch.float32, images_on: str = "device") -> None:
+                 dtype: torch.dtype = torch.float32, images_on: str = "device",
+                 share: tuple[int, int] = (0, 1)) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if augment not in ("dsa", None):
@@ -80,6 +91,7 @@ class DeviceLoader:
             raise InvalidInputError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
         if images_on not in IMAGES_ON:
             raise InvalidInputError(f"images_on must be one of {IMAGES_ON}, got {images_on!r}")
+        self.share = _check_share(share)
         self.device = resolve_device(device)
         self.sampler = UniformSampler.from_spec(dataset.manifest.sampler)
         self.k = _crops_per_image(crops_per_image, self.sampler.num_crops)
@@ -137,35 +149,57 @@ class DeviceLoader:
         self.epoch += 1
         m = len(self._labels)
         order = torch.randperm(m, generator=generator) if self.shuffle else torch.arange(m)
+        h, w = self._images.shape[2:]
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = self._batch(order[start:start + self.batch_size], generator)
+            batch, rows = self._batch(order[start:start + self.batch_size], generator)
             params = None
             if self.augment == "dsa":
-                h, w = batch.images.shape[2:]
-                params = sample_dsa(len(batch.images) + len(batch.crops), h, w, strategy=STRATEGY,
+                params = sample_dsa(batch.global_images * (1 + self.k), h, w, strategy=STRATEGY,
                                     generator=generator, device=self.device)
+                params = params if rows is None else params.select(rows)
             yield batch, params
 
-    def _batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
-        b, n2, dev = len(index), self.sampler.num_crops, self.device
+    def _batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[Batch, torch.Tensor | None]:
+        """The batch of the global ``index`` (this loader's share of it), and for a share the
+        rows of the global DSA draw (images, then crops) that belong to it."""
+        b, dev = len(index), self.device
+        crop_image, crop_id = self._picks(b, generator)
+        rows = None
+        if self.share[1] > 1:
+            mine = shard(b, *self.share)
+            kept = ((crop_image >= mine.start) & (crop_image < mine.stop)).nonzero().flatten()
+            rows = torch.cat([torch.arange(mine.start, mine.stop), b + kept])
+            index, crop_image, crop_id = index[mine.start:mine.stop], crop_image[kept] - mine.start, crop_id[kept]
         idx = index.to(dev, non_blocking=True)
         images = normalise(self._batch_images(index, idx), self._mean, self._std)
-        if self.k == 0:  # full images only (hard- or soft-label training)
-            crop_image = crop_id = torch.zeros(0, dtype=torch.int64, device=dev)
-            crops = images.new_zeros((0, *images.shape[1:]))
-        elif self.k == n2:
-            crops = self.sampler.crops(images, dtype=self.dtype, order="crop", flatten=True)
-            crop_image = torch.arange(b, device=dev).repeat(n2)
-            crop_id = torch.arange(n2, device=dev).repeat_interleave(b)
-        else:
-            picks = torch.rand(b, n2, generator=generator).argsort(dim=1)[:, :self.k]
-            crop_id, sort = picks.flatten().sort(stable=True)
-            crop_image = sort // self.k
-            crops = self.sampler.crops_at(images, crop_image, crop_id, dtype=self.dtype)
-            crop_image, crop_id = crop_image.to(dev), crop_id.to(dev)
+        crops = self._render(images, crop_image, crop_id)
+        crop_image, crop_id = crop_image.to(dev), crop_id.to(dev)
         dense = self._dense(idx[crop_image], crop_id)
         return Batch(images.to(self.dtype), self._labels.index_select(0, idx), crops, dense, idx, crop_image,
-                     crop_id)
+                     crop_id, b), rows
+
+    def _picks(self, b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image row, grid position) of every crop of a global batch of ``b`` images, on the
+        host, sorted by position: all n*n in grid order, or k distinct ones per image drawn
+        from ``generator`` (the one draw every share takes its rows from)."""
+        n2 = self.sampler.num_crops
+        if self.k == 0:  # full images only (hard- or soft-label training)
+            empty = torch.zeros(0, dtype=torch.int64)
+            return empty, empty
+        if self.k == n2:
+            return torch.arange(b).repeat(n2), torch.arange(n2).repeat_interleave(b)
+        picks = torch.rand(b, n2, generator=generator).argsort(dim=1)[:, :self.k]
+        crop_id, sort = picks.flatten().sort(stable=True)
+        return sort // self.k, crop_id
+
+    def _render(self, images: torch.Tensor, crop_image: torch.Tensor, crop_id: torch.Tensor) -> torch.Tensor:
+        """The crops (image row, grid position) of normalised ``images``, by the sampler's one
+        crop function; every grid in crop order when all n*n crops of each image are wanted."""
+        if not len(crop_id):
+            return images.new_zeros((0, *images.shape[1:]), dtype=self.dtype)
+        if self.k == self.sampler.num_crops:
+            return self.sampler.crops(images, dtype=self.dtype, order="crop", flatten=True)
+        return self.sampler.crops_at(images, crop_image, crop_id, dtype=self.dtype)
 
     def _batch_images(self, index: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """uint8 images [B, C, H, W] of the batch on the device (``index`` on the host,
@@ -208,6 +242,14 @@ class CropDataset(torch.utils.data.Dataset):
         dense = torch.from_numpy(np.array(self.dataset.dense_labels[i], dtype=np.float32))
         label = torch.tensor(int(self.dataset.labels[i]), dtype=torch.int64)
         return image[0], label, crops, dense
+
+
+def _check_share(share: tuple[int, int]) -> tuple[int, int]:
+    ok = isinstance(share, tuple) and len(share) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in share)
+    if not ok or not 0 <= share[0] < share[1]:
+        raise InvalidInputError(f"share must be (rank, world) with 0 <= rank < world, got {share!r}")
+    return share
 
 
 def _crops_per_image(k: int | str, total: int) -> int:

@@ -8,6 +8,13 @@ as one group norm with S times the groups, the head as one batched matmul. Each 
 own batches (its own :class:`~ladd_format.loader.DeviceLoader` seed: order, crop picks, DSA
 draws) and gets the gradient a single run computes, up to float reassociation.
 
+Data parallel: with loaders that render a share of each global batch (``DeviceLoader(share=
+(rank, world))``) every rank starts from rank 0's parameters, weighs its rows by the global
+batch size and sums the gradients over the ranks before each step (one flattened all-reduce,
+:func:`~ladd_format.distributed.sum_gradients`, equivalent to DDP's bucketed one), so each
+step is the single-process step up to float reassociation; the per-epoch losses are summed
+over the ranks once an epoch.
+
 Grouped convolutions were chosen over ``torch.func.vmap`` of ``functional_call`` by measurement
 (2-core Xeon, ConvNet width 64, 600 inputs a seed, 5 seeds): bit-identical to separate models
 in the forward pass, where vmap took twice as long (its group-norm rule applies the affine
@@ -34,6 +41,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from .distributed import all_sum, broadcast_from_first, sum_gradients
 from .dsa import apply_dsa_many
 from .loader import DeviceLoader
 from .models import _AlexNet, _BasicBlock, _ConvNet, _ResNet18, _VGG11
@@ -183,10 +191,14 @@ def run(models: Sequence[nn.Module], loaders: Sequence[DeviceLoader], plan: Plan
     """Train ``models`` (one per loader) together; returns each seed's mean loss per epoch.
 
     The models' parameters are set to the trained values at the end. ``soft`` holds each image's
-    soft label [M, K] for mode ``"soft"``.
+    soft label [M, K] for mode ``"soft"``. Loaders that render a share of each global batch
+    train data-parallel over the default process group (see the module's docstring).
     """
     s, k, mode = len(models), loaders[0].k, plan.mode
+    parallel = loaders[0].share[1] > 1
     params = stack(models)
+    if parallel:
+        broadcast_from_first(list(params.values()))
     forward = (grouped_forward if s > 1 else single_forward)(models[0], plan.channels_last)
     if plan.compile:
         forward = _Compiled(forward)
@@ -211,9 +223,13 @@ def run(models: Sequence[nn.Module], loaders: Sequence[DeviceLoader], plan: Plan
                 per_seed = _pass_loss(logits, lo, targets, plan, k)
                 per_seed.sum().backward()
                 total += per_seed.detach()
+            if parallel:
+                sum_gradients(list(params.values()))
             opt.step()
             steps += 1
         schedule.step()
+        if parallel:
+            all_sum(total)
         for seed_losses, value in zip(losses, (total / max(1, steps)).tolist()):  # one host sync an epoch
             seed_losses.append(value)
         bar.set_postfix(loss=f"{sum(r[-1] for r in losses) / s:.3f}")
@@ -222,12 +238,15 @@ def run(models: Sequence[nn.Module], loaders: Sequence[DeviceLoader], plan: Plan
             for name, p in m.named_parameters():
                 p.copy_(params[name][j])
             m.eval()
+            if parallel:  # batch-norm statistics: rank 0's, so that every rank returns one model
+                broadcast_from_first([b for b in m.buffers() if b.is_floating_point()])
     return losses
 
 
 @dataclass(frozen=True)
 class _Targets:
     images: int          # rows [0, images) are full images, the rest crops
+    batch: int           # images in the global batch (more than this step's images for a share)
     labels: torch.Tensor  # [S, images] class indices, or [S, images, K] soft labels
     dense: torch.Tensor   # [S, crops, K]
 
@@ -244,7 +263,7 @@ def _inputs(step, mode: str, soft: torch.Tensor | None) -> tuple[torch.Tensor, _
         else:
             xs.append(torch.cat([batch.images, batch.crops]) if len(batch.crops) else batch.images)
         draws.append(params)
-    if draws[0] is not None:
+    if draws[0] is not None and len(xs[0]):
         xs = apply_dsa_many(xs, draws)
     batches = [batch for batch, _ in step]
     images = 0 if mode == "crops-only" else len(batches[0].images)
@@ -252,16 +271,18 @@ def _inputs(step, mode: str, soft: torch.Tensor | None) -> tuple[torch.Tensor, _
         labels = torch.stack([soft[b.index] for b in batches])
     else:
         labels = torch.stack([b.labels for b in batches])
-    return torch.stack(xs, dim=1), _Targets(images, labels, torch.stack([b.dense for b in batches]))
+    return torch.stack(xs, dim=1), _Targets(images, batches[0].global_images, labels,
+                                            torch.stack([b.dense for b in batches]))
 
 
 def _pass_loss(logits: torch.Tensor, lo: int, t: _Targets, plan: Plan, k: int) -> torch.Tensor:
     """Each seed's share [S] of its step loss (Eq. 5, see :func:`ladd_format.train.ladd_loss`)
     from the rows lo..lo+n of the step: image rows weigh 1/B each, crop rows crop_weight/(B*k)
-    (times k with ``crop_reduction="sum"``), so the passes of a step add up to its loss."""
+    (times k with ``crop_reduction="sum"``), B the global batch's images, so the passes of a
+    step (and the shares of all ranks) add up to its loss."""
     logp = F.log_softmax(logits.float(), dim=-1)
     hi = lo + logits.shape[1]
-    b = t.images if t.images else t.dense.shape[1] // k
+    b = t.batch
     total = logp.new_zeros(logp.shape[0])
     if lo < t.images:
         part, labels = logp[:, :min(hi, t.images) - lo], t.labels[:, lo:min(hi, t.images)]

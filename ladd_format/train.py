@@ -29,6 +29,7 @@ from ._store import rows_per_block
 from ._torch import normalise, resolve_device
 from ._read import LaddDataset
 from ._read import open as open_container
+from .distributed import _device, all_sum, rank_world
 from .errors import InvalidInputError
 from .loader import DeviceLoader
 from .models import build_model
@@ -103,6 +104,7 @@ def train(
     depth: int | None = None, preset: str | Preset | None = None, indices: Any = None, seed: int = 0,
     max_pass_inputs: int | None = None, device: str | torch.device | None = None, amp: bool = True,
     cpu_amp: bool = False, channels_last: bool = False, compile: bool = False, progress: bool = True,
+    data_parallel: bool = True,
 ) -> TrainResult:
     """Train a fresh ``model`` on a container (or the ``indices`` subset of it).
 
@@ -119,6 +121,20 @@ def train(
     ``channels_last`` feeds the network NHWC tensors (slower on that CPU; meant for CUDA).
     ``compile`` runs the forward pass through ``torch.compile``, falling back to eager with one
     warning where that fails (on a CPU its compile time outweighs the gain for short runs).
+
+    Under ``torchrun`` (an initialised default process group of G > 1 ranks, see
+    :func:`ladd_format.distributed.init_from_env`) and with ``data_parallel`` (the default), the
+    run is data parallel: every rank builds the model (and starts from rank 0's parameters), draws
+    the same global batch order, crop picks and DSA draws, renders and trains only its contiguous
+    share of each global batch's images with their crops, and the gradients are summed over the
+    ranks before each step (one flattened all-reduce a step, equivalent to DDP). ``batch_size``,
+    ``lr`` and the schedule mean what they mean in one process, and the losses are the global
+    ones: the result is the single-process run's up to float reassociation (except the ViT's
+    dropout masks, drawn per rank, and batch-norm statistics, rank 0's share's). Every rank
+    returns the trained model. ``batch_size`` must be at least G. A rank that dies makes the
+    others raise :class:`~ladd_format.distributed.DistributedError`. ``data_parallel=False``
+    trains the whole run in this process alone, as the evaluation grid of
+    :func:`cross_architecture` does.
     """
     return _train(dataset, [seed], **{k: v for k, v in locals().items() if k not in ("dataset", "seed")})[0]
 
@@ -178,7 +194,8 @@ def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convn
            crop_reduction: str = "mean", width: int | None = None, depth: int | None = None,
            preset: str | Preset | None = None, indices: Any = None, max_pass_inputs: int | None = None,
            device: str | torch.device | None = None, amp: bool = True, cpu_amp: bool = False,
-           channels_last: bool = False, compile: bool = False, progress: bool = True) -> list[TrainResult]:
+           channels_last: bool = False, compile: bool = False, progress: bool = True,
+           data_parallel: bool = True) -> list[TrainResult]:
     """:func:`train` for several seeds at once (one :func:`ladd_format.seeds.run`)."""
     if mode not in MODES:
         raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -194,20 +211,22 @@ def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convn
     if max_pass_inputs is not None and (isinstance(max_pass_inputs, bool) or not isinstance(max_pass_inputs, int)
                                         or max_pass_inputs < 1):
         raise InvalidInputError(f"max_pass_inputs must be an integer >= 1, got {max_pass_inputs!r}")
+    share = _share(batch_size, data_parallel)
     ds = _open(dataset, indices)
     dev = resolve_device(device)
     info = ds.manifest.image
-    models = []
+    models, rng = [], []
     for seed in seeds:
         torch.manual_seed(seed)
         models.append(build_model(model, info.channels, ds.num_classes, (info.height, info.width),
                                   width=width, depth=depth).to(dev))
+        rng.append(_rng_state(dev))
     k = 0 if mode in ("hard", "soft") else crops_per_image
     if mode in ("ladd", "crops-only") and k == 0:
         raise InvalidInputError(f"crops_per_image=0 trains on no crops: mode {mode!r} needs crops "
                                 "(use mode='hard' to train on full images only)")
     loader = DeviceLoader(ds, batch_size=batch_size, device=dev, crops_per_image=k, shuffle=True,
-                          seed=seeds[0], augment=augment)
+                          seed=seeds[0], augment=augment, share=share)
     soft = torch.from_numpy(_image_soft_labels(ds)).to(dev) if mode == "soft" else None
     use_amp = bool(amp) and (dev.type == "cuda" or (dev.type == "cpu" and bool(cpu_amp)))
     per_pass = max_pass_inputs or pass_inputs((info.height, info.width), width if convnet else None, dev)
@@ -218,8 +237,10 @@ def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convn
     groups = [list(range(len(seeds)))] if together else [[j] for j in range(len(seeds))]
     losses: list[list[float]] = [[] for _ in seeds]
     for group in groups:
+        if len(group) == 1:  # dropout draws as in a single run, whichever seeds were built after it
+            _set_rng_state(rng[group[0]], dev)
         trained = run_seeds([models[j] for j in group], [loader.with_seed(seeds[j]) for j in group], plan,
-                            soft=soft, progress=progress)
+                            soft=soft, progress=progress and share[0] == 0)
         for j, seed_losses in zip(group, trained):
             losses[j] = seed_losses
     return [TrainResult(net, dict(mode=mode, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -227,8 +248,31 @@ def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convn
                                   crops_per_image=crops_per_image, crop_weight=crop_weight,
                                   crop_reduction=crop_reduction, width=width, depth=depth, seed=seed,
                                   images=len(ds), device=str(dev), amp=use_amp, max_pass_inputs=per_pass,
-                                  channels_last=channels_last, compile=compile, together=together), seed_losses)
+                                  channels_last=channels_last, compile=compile, together=together,
+                                  ranks=share[1]), seed_losses)
             for net, seed, seed_losses in zip(models, seeds, losses)]
+
+
+def _share(batch_size: int, data_parallel: bool) -> tuple[int, int]:
+    """(rank, world) of a data-parallel run, (0, 1) outside one; a global batch must give
+    every rank an image."""
+    if not isinstance(data_parallel, bool):
+        raise InvalidInputError(f"data_parallel must be True or False, got {data_parallel!r}")
+    rank, world = rank_world() if data_parallel else (0, 1)
+    if isinstance(batch_size, int) and world > batch_size:
+        raise InvalidInputError(f"batch_size {batch_size} is smaller than the {world} ranks it is split over")
+    return rank, world
+
+
+def _rng_state(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global generators' states (CPU, and the device's on CUDA), which dropout draws from."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], dev: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], dev)
 
 
 def _image_soft_labels(ds: LaddDataset) -> np.ndarray:
@@ -285,23 +329,84 @@ def check_models(ds: LaddDataset, models: tuple[str, ...], *, width: int | None 
                     width=width if convnet else None, depth=depth if convnet else None)
 
 
+ARCHITECTURE_COST = {"convnet": 1, "alexnet": 1, "vgg11": 4, "resnet18": 8, "vit": 4}
+"""Relative cost of one training run per architecture, for spreading the grid over ranks."""
+
+PARALLEL = ("auto", "grid", "data")
+
+
 def cross_architecture(dataset: LaddDataset | str | os.PathLike[str], test_images: np.ndarray,
                        test_labels: np.ndarray, *, models: tuple[str, ...] = ("convnet",),
                        seeds: int | Sequence[int] = 3, mode: str = "ladd", together: bool = True,
-                       **train_kwargs: Any) -> list[dict[str, Any]]:
+                       parallel: str = "auto", **train_kwargs: Any) -> list[dict[str, Any]]:
     """The field's protocol: each architecture trained once per seed (:func:`train_seeds`,
-    the seeds together unless ``together=False``); mean and std accuracy."""
+    the seeds together unless ``together=False``); mean and std accuracy, one row per
+    architecture in the order of ``models``.
+
+    Under ``torchrun`` (G > 1 ranks), ``parallel`` says how the ranks share the work:
+    ``"grid"`` spreads whole training runs over the ranks, each trained in one process (units of
+    an architecture with all its seeds, or of one (architecture, seed) when there are fewer
+    architectures than ranks, assigned longest first by :data:`ARCHITECTURE_COST`), and sums the
+    accuracy tables; ``"data"`` trains every run data-parallel over all ranks (see :func:`train`)
+    and rank 0 evaluates; ``"auto"`` (the default) is the grid when there are at least G
+    (architecture, seed) runs, else data. Every rank returns the table. On a CPU the grid's table
+    equals the single-process table exactly.
+    """
+    if parallel not in PARALLEL:
+        raise InvalidInputError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
+    if "data_parallel" in train_kwargs:
+        raise InvalidInputError("cross_architecture takes parallel='grid' or 'data', not data_parallel=")
     ds = open_container(dataset) if not isinstance(dataset, LaddDataset) else dataset
     seeds = _seed_list(seeds)
     check_test_set(ds, test_images, test_labels)
     info = ds.manifest.image
     check_models(ds, models, width=train_kwargs.get("width"), depth=train_kwargs.get("depth"))
-    rows = []
-    for name in models:
+    rank, world = rank_world()
+    grid = world > 1 and (parallel == "grid" or (parallel == "auto" and len(models) * len(seeds) >= world))
+    units = _units(models, len(seeds), world) if grid else [(m, list(range(len(seeds)))) for m in range(len(models))]
+    mine = _assign([ARCHITECTURE_COST.get(_family(models[m]), 1) * len(js) for m, js in units], world)[rank] \
+        if grid else range(len(units))
+    table = torch.zeros(len(models), len(seeds), dtype=torch.float64)
+    for unit in mine:
+        m, js = units[unit]
+        name = models[m]
         kwargs = train_kwargs if name.lower().startswith("convnet") else \
             {k: v for k, v in train_kwargs.items() if k not in ("width", "depth")}  # ConvNet-only knobs
-        results = train_seeds(ds, seeds=seeds, together=together, mode=mode, model=name, **kwargs)
-        accs = [evaluate(r.model, test_images, test_labels, info.mean, info.std) for r in results]
-        rows.append({"model": name, "mode": mode, "accuracy_mean": float(np.mean(accs)),
-                     "accuracy_std": float(np.std(accs)), "accuracies": accs})
-    return rows
+        results = train_seeds(ds, seeds=[seeds[j] for j in js], together=together, mode=mode, model=name,
+                              data_parallel=not grid, **kwargs)
+        if grid or rank == 0:
+            for j, r in zip(js, results):
+                table[m, j] = evaluate(r.model, test_images, test_labels, info.mean, info.std)
+    if world > 1:
+        table = _gather_table(table)
+    return [{"model": name, "mode": mode, "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
+             "accuracies": accs} for name, accs in zip(models, table.tolist())]
+
+
+def _family(name: str) -> str:
+    return next((key for key in ARCHITECTURE_COST if name.lower().startswith(key)), name.lower())
+
+
+def _units(models: Sequence[str], seeds: int, world: int) -> list[tuple[int, list[int]]]:
+    """The grid's units of work: (architecture, all its seeds), or (architecture, one seed) when
+    there are fewer architectures than ranks."""
+    if len(models) >= world:
+        return [(m, list(range(seeds))) for m in range(len(models))]
+    return [(m, [j]) for m in range(len(models)) for j in range(seeds)]
+
+
+def _assign(costs: Sequence[float], world: int) -> list[list[int]]:
+    """Longest processing time first: each unit, costliest first, to the least loaded rank
+    (ties to the lower rank, then the earlier unit), so the ranks finish together."""
+    loads, out = [0.0] * world, [[] for _ in range(world)]
+    for unit in sorted(range(len(costs)), key=lambda u: -costs[u]):
+        rank = min(range(world), key=lambda r: loads[r])
+        out[rank].append(unit)
+        loads[rank] += costs[unit]
+    return [sorted(units) for units in out]
+
+
+def _gather_table(table: torch.Tensor) -> torch.Tensor:
+    """The accuracy tables of all ranks, each zero where another rank trained, summed: one
+    tensor message, exact (x + 0 is x)."""
+    return all_sum(table.to(_device())).cpu()

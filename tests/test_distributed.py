@@ -139,3 +139,88 @@ def test_torchrun_runs_ladd_augment_on_two_ranks(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("wrote") == 1 and "(2 ranks)" in two.stdout  # rank 0 reports, once
     assert _tree(tmp_path / "one.ladd") == _tree(tmp_path / "two.ladd")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """The training container of tests/_dist_child.py: 20 images of 28 px, 4 classes."""
+    from ladd_format.testing import write_example
+
+    folder = tmp_path_factory.mktemp("dist-train")
+    write_example(folder / "src.ladd", num_classes=4, ipc=5, size=28)
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["ladd", "hard"])
+def test_two_ranks_train_as_one_process(small, mode):
+    """Data parallel train() and train_seeds() on 2 ranks, global batches of 13 and 7 images (odd
+    shares): the per-epoch losses and the trained parameters are one process's, within float
+    reassociation (rtol 1e-5, atol 1e-6), and both ranks return the same model."""
+    import torch
+
+    procs = _start(small, mode, 1, task="train") + _start(small, mode, 2, task="train")
+    results = _finish(procs)
+    assert [r[0] for r in results] == [0, 0, 0], results
+    one, *two = (torch.load(small / f"train-{mode}-{w}-{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
+    assert len(one["losses"]) == 3  # train(seed 0), then train_seeds(seeds [0, 3])
+    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-5)
+    assert two[0]["losses"] == two[1]["losses"]
+    for single, first, second in zip(one["params"], two[0]["params"], two[1]["params"]):
+        for name in single:
+            assert torch.equal(first[name], second[name]), name
+            torch.testing.assert_close(first[name], single[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_rank_killed_while_training_stops_the_others(small):
+    procs = _start(small, "ladd", 2, behaviour="slow-1", task="train")
+    deadline = time.monotonic() + TIMEOUT
+    while procs[1].stdout.readline().strip() != "training":  # mid-training
+        assert time.monotonic() < deadline and procs[1].poll() is None
+    procs[1].send_signal(signal.SIGKILL)
+    survivor = _finish(procs)[0]
+    assert survivor[0] == 3 and "DistributedError" in survivor[1], survivor
+
+
+def test_two_ranks_fill_the_grid_of_one_process(small):
+    """cross_architecture's grid (convnet and alexnet x 2 seeds) on 2 ranks: each rank trains
+    one architecture; the table every rank returns is one process's, exactly."""
+    import torch
+
+    results = _finish(_start(small, "-", 1, task="grid") + _start(small, "-", 2, task="grid"))
+    assert [r[0] for r in results] == [0, 0, 0], results
+    one, *two = (torch.load(small / f"grid-{w}-{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
+    assert one.shape == (2, 2) and torch.equal(two[0], one) and torch.equal(two[1], one)
+
+
+def _idx_folder(folder: Path) -> Path:
+    """A 10-class, 28 px grayscale source in IDX files (the test split for ladd train)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for stem, array in {"train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
+                        "train-labels-idx1-ubyte": np.arange(20) % 10,
+                        "t10k-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)),
+                        "t10k-labels-idx1-ubyte": np.arange(30) % 10}.items():
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+        (folder / stem).write_bytes(header + array.astype(np.uint8).tobytes())
+    return folder
+
+
+def test_torchrun_runs_the_ladd_train_grid_on_two_ranks(tmp_path):
+    """``ladd train --seeds 2`` under torchrun: one (convnet, seed) run per rank, the table printed
+    once, equal to one process's."""
+    from ladd_format.testing import write_example
+
+    source = write_example(tmp_path / "src.ladd", num_classes=10, ipc=2, size=28, channels=1)
+    args = ["train", str(source), "--test-source", str(_idx_folder(tmp_path / "idx")), "--source-name", "fake-idx",
+            "--epochs", "1", "--width", "8", "--seeds", "2", "--crops", "3", "--batch-size", "8", "--device", "cpu"]
+    env = _env(0, 1, 0)
+    one = subprocess.run([sys.executable, "-m", "ladd_format", *args], env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                          f"--master-port={_port()}", "-m", "ladd_format", *args],
+                         env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("test accuracy") == 1 and "(2 ranks, --parallel auto)" in two.stdout
+    assert two.stdout.splitlines()[:2] == one.stdout.splitlines()[:2]

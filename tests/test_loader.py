@@ -210,6 +210,25 @@ def test_dataset_view_matches_loader(rgb):
     assert labels.dtype == torch.int64
 
 
+@pytest.mark.parametrize("k", [0, 3, "all"])
+def test_shares_of_a_global_batch_are_its_rows(rgb, k):
+    """Data-parallel shares: rank r's images are its contiguous slice of the global batch, with
+    their crops and DSA draws as one process renders them (a last batch of 2 leaves rank 0 empty)."""
+    whole = DeviceLoader(rgb, batch_size=5, device="cpu", crops_per_image=k, seed=3)
+    shares = [DeviceLoader(rgb, batch_size=5, device="cpu", crops_per_image=k, seed=3, share=(r, 3))
+              for r in range(3)]
+    for epoch in range(2):
+        for full, *parts in zip(whole, *shares):
+            assert torch.equal(torch.cat([p.images for p in parts]), full.images)
+            assert [p.global_images for p in parts] == [len(full.images)] * 3
+            crops = {(int(full.index[i]), int(c)): full.crops[r] for r, (i, c) in
+                     enumerate(zip(full.crop_image, full.crop_id))}
+            rendered = [((int(p.index[i]), int(c)), p.crops[r]) for p in parts
+                        for r, (i, c) in enumerate(zip(p.crop_image, p.crop_id))]
+            assert len(rendered) == len(crops) and all(torch.equal(crops[key], crop) for key, crop in rendered)
+    assert [len(p.images) for p in parts] == [0, 1, 1]
+
+
 def test_full_images_only(rgb):
     loader = DeviceLoader(rgb, batch_size=5, device="cpu", crops_per_image=0, seed=1)
     seen = []
@@ -224,7 +243,7 @@ def test_full_images_only(rgb):
     ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.0}, "batch_size"),
     ({"crops_per_image": -1}, "crops_per_image"), ({"crops_per_image": 26}, "crops_per_image"),
     ({"crops_per_image": "some"}, "crops_per_image"), ({"augment": "flip"}, "augment"),
-    ({"dtype": torch.int64}, "dtype"),
+    ({"dtype": torch.int64}, "dtype"), ({"share": (2, 2)}, "share"), ({"share": (0,)}, "share"),
 ])
 def test_bad_parameters(rgb, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
