@@ -128,6 +128,16 @@ def test_models_with_dropout_train_one_by_one(gray, monkeypatch, grouped):
     assert groups == [1, 1, 1] and not any(r.settings["together"] for r in results)
 
 
+def test_dropout_draws_of_each_seed_are_its_single_runs(gray):
+    """The ViT's dropout masks come from the global generator: each seed trains from the state
+    its own build left, as train() does, whichever seeds were built after it."""
+    kwargs = dict(model="vit", mode="hard", epochs=1, batch_size=20, progress=False)
+    second = train_seeds(gray, seeds=[0, 1], **kwargs)[1]
+    single = train(gray, seed=1, **kwargs)
+    assert second.losses == single.losses
+    assert all(torch.equal(a, b) for a, b in zip(second.model.parameters(), single.model.parameters()))
+
+
 def test_a_cpu_runs_the_seeds_one_after_another(gray):
     """By default the CPU shares one upload but runs each seed's passes alone: train()'s results exactly."""
     kwargs = {**TINY, "epochs": 1}

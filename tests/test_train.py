@@ -93,6 +93,28 @@ def test_cross_architecture_checks_the_test_set_before_training(container, sourc
         cross_architecture(container, source.test_images, source.test_labels, seeds=[1, 1])
 
 
+def test_grid_units_are_spread_longest_first():
+    """Units of the evaluation grid: (architecture, its seeds) when there are enough
+    architectures, else (architecture, seed); the costliest first to the least loaded rank."""
+    assert train_module._units(["convnet", "resnet18"], 3, 2) == [(0, [0, 1, 2]), (1, [0, 1, 2])]
+    assert train_module._units(["vgg11"], 2, 2) == [(0, [0]), (0, [1])]
+    models = ["convnet", "alexnet", "vgg11", "resnet18", "vit"]
+    costs = [train_module.ARCHITECTURE_COST[m] * 3 for m in models]  # 3, 3, 12, 24, 12
+    assert train_module._assign(costs, 2) == [[0, 3], [1, 2, 4]]  # 27 each
+    assert train_module._assign(costs, 3) == [[3], [0, 2], [1, 4]]
+    assert train_module._assign([1, 1], 4) == [[0], [1], [], []]
+
+
+def test_distributed_arguments_are_checked(container, source, monkeypatch):
+    with pytest.raises(InvalidInputError, match="parallel"):
+        cross_architecture(container, source.test_images, source.test_labels, parallel="model")
+    with pytest.raises(InvalidInputError, match="data_parallel"):
+        train(container, data_parallel="yes", epochs=1, progress=False)
+    monkeypatch.setattr(train_module, "rank_world", lambda: (0, 4))
+    with pytest.raises(InvalidInputError, match="smaller than the 4 ranks"):
+        train(container, batch_size=3, epochs=1, progress=False)
+
+
 def test_labeler_checkpoint_is_digest_checked(source, tmp_path):
     lab = train_labeler(source, width=8, epochs=1, out_dir=tmp_path, progress=False)
     pt = tmp_path / "epoch_01.pt"
