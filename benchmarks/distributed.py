@@ -63,6 +63,7 @@ def _rank_main(job: str, out: str, config: dict) -> None:
 
 
 def _label(out: str, c: dict, dev):
+    """The timed work of ``label`` (images and labeler made before the timing)."""
     import numpy as np
     import torch
 
@@ -75,10 +76,14 @@ def _label(out: str, c: dict, dev):
                            "synthetic", {})
     torch.manual_seed(0)
     labeler = Labeler(_build(config).to(dev), config, 1)
-    return lambda: augment(out, images, labels, labeler, encoding="uint8", progress=False) and None
+
+    def work() -> None:
+        augment(out, images, labels, labeler, encoding="uint8", progress=False)
+    return work
 
 
 def _grid(out: str, c: dict, dev):
+    """The timed work of ``grid``: the table (test split: 200 other synthetic images)."""
     from ladd_format.testing import example_arrays
     from ladd_format.train import cross_architecture
 
@@ -94,6 +99,7 @@ def _grid(out: str, c: dict, dev):
 
 
 def _data(out: str, c: dict, dev):
+    """The timed work of ``data``: the per-epoch losses."""
     from ladd_format.train import train
 
     return lambda: train(c["container"], model="convnet", width=32, epochs=c["epochs"], batch_size=c["batch_size"],
@@ -144,15 +150,16 @@ def _section(job: str, args: argparse.Namespace, config: dict, tmp: Path, worlds
     elif job == "grid":
         runs = len(args.grid_models.split(",")) * args.grid_seeds
         title = (f"## Evaluation grid: {args.grid_models} x {args.grid_seeds} seeds ({runs} runs), "
-                 f"M = {10 * args.ipc} images of 28 px, {args.epochs} epochs, batch {args.batch_size}, 5 crops an image, "
-                 "ConvNet width 32, --parallel grid")
+                 f"M = {10 * args.ipc} images of 28 px, {args.epochs} epochs, batch {args.batch_size}, "
+                 "5 crops an image, ConvNet width 32, --parallel grid")
         unit, amount = "runs/min", runs * 60
     else:
         title = (f"## Data-parallel training: one ConvNet (width 32), M = {10 * args.ipc} images of 28 px, "
                  f"{args.epochs} epochs, global batch {args.batch_size}, 5 crops an image")
         unit, amount = "images/s", 10 * args.ipc * args.epochs
-    lines = [title, "", f"| ranks | seconds | {unit} | speed-up | efficiency | peak RSS per rank (MiB) | "
-             f"{'losses vs 1 rank (max rel. diff)' if job == 'data' else 'equal to 1 rank'} |", "|---|---|---|---|---|---|---|"]
+    same = "losses vs 1 rank (max rel. diff)" if job == "data" else "equal to 1 rank"
+    lines = [title, "", f"| ranks | seconds | {unit} | speed-up | efficiency | peak RSS per rank (MiB) | {same} |",
+             "|---|---|---|---|---|---|---|"]
     base = None
     for world in worlds:
         out = tmp / f"{job}{world}.ladd"

@@ -363,15 +363,12 @@ def cross_architecture(dataset: LaddDataset | str | os.PathLike[str], test_image
     check_models(ds, models, width=train_kwargs.get("width"), depth=train_kwargs.get("depth"))
     rank, world = rank_world()
     grid = world > 1 and (parallel == "grid" or (parallel == "auto" and len(models) * len(seeds) >= world))
-    units = _units(models, len(seeds), world) if grid else [(m, list(range(len(seeds)))) for m in range(len(models))]
-    mine = _assign([ARCHITECTURE_COST.get(_family(models[m]), 1) * len(js) for m, js in units], world)[rank] \
-        if grid else range(len(units))
     table = torch.zeros(len(models), len(seeds), dtype=torch.float64)
-    for unit in mine:
-        m, js = units[unit]
+    for m, js in _my_units(models, len(seeds), rank, world, grid):
         name = models[m]
         kwargs = train_kwargs if name.lower().startswith("convnet") else \
             {k: v for k, v in train_kwargs.items() if k not in ("width", "depth")}  # ConvNet-only knobs
+        kwargs = {**kwargs, "progress": kwargs.get("progress", True) and rank == 0}  # one rank's bars
         results = train_seeds(ds, seeds=[seeds[j] for j in js], together=together, mode=mode, model=name,
                               data_parallel=not grid, **kwargs)
         if grid or rank == 0:
@@ -381,6 +378,15 @@ def cross_architecture(dataset: LaddDataset | str | os.PathLike[str], test_image
         table = _gather_table(table)
     return [{"model": name, "mode": mode, "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
              "accuracies": accs} for name, accs in zip(models, table.tolist())]
+
+
+def _my_units(models: Sequence[str], seeds: int, rank: int, world: int, grid: bool) -> list[tuple[int, list[int]]]:
+    """The (architecture, seed positions) runs this rank trains: its share of the grid, or all."""
+    if not grid:
+        return [(m, list(range(seeds))) for m in range(len(models))]
+    units = _units(models, seeds, world)
+    costs = [ARCHITECTURE_COST.get(_family(models[m]), 1) * len(js) for m, js in units]
+    return [units[u] for u in _assign(costs, world)[rank]]
 
 
 def _family(name: str) -> str:
