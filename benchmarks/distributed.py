@@ -16,8 +16,10 @@ machine) for the three distributed jobs:
 Each configuration runs as processes launched the way ``torchrun`` launches them (RANK,
 WORLD_SIZE, MASTER_ADDR=127.0.0.1); every rank times its job between two barriers, so the
 figures leave out interpreter start-up and the container's creation. Reported: seconds,
-throughput, speed-up and efficiency against one rank, each rank's peak RSS (VmHWM), and whether
-the result equals the single-rank result.
+throughput, speed-up and efficiency against one rank, each rank's CPU seconds (its own work,
+before the closing barrier: on a machine shared with other work, where the wall-clock speed-up
+says little, the fall of the largest of them shows how well the work splits), each rank's peak
+RSS (VmHWM), and whether the result equals the single-rank result.
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ def _rank_main(job: str, out: str, config: dict) -> None:
     work = {"label": _label, "grid": _grid, "data": _data}[job](out, config, dev)
     if world > 1:
         dist.barrier()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = work()
+    cpu = time.process_time() - cpu  # before the barrier: this rank's own work
     if world > 1:
         dist.barrier()
     seconds = time.perf_counter() - start
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) // 1024
-    print(json.dumps({"rank": rank, "world": world, "seconds": seconds, "peak_mib": peak, "result": result}),
+    print(json.dumps({"rank": rank, "world": world, "seconds": seconds, "cpu": cpu, "peak_mib": peak,
+                      "result": result}),
           flush=True)
 
 
@@ -158,8 +162,8 @@ def _section(job: str, args: argparse.Namespace, config: dict, tmp: Path, worlds
                  f"{args.epochs} epochs, global batch {args.batch_size}, 5 crops an image")
         unit, amount = "images/s", 10 * args.ipc * args.epochs
     same = "losses vs 1 rank (max rel. diff)" if job == "data" else "equal to 1 rank"
-    lines = [title, "", f"| ranks | seconds | {unit} | speed-up | efficiency | peak RSS per rank (MiB) | {same} |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [title, "", f"| ranks | seconds | {unit} | speed-up | efficiency | CPU s per rank | "
+             f"peak RSS per rank (MiB) | {same} |", "|---|---|---|---|---|---|---|---|"]
     base = None
     for world in worlds:
         out = tmp / f"{job}{world}.ladd"
@@ -172,8 +176,9 @@ def _section(job: str, args: argparse.Namespace, config: dict, tmp: Path, worlds
             same = f"{max(abs(a - b) / abs(b) for a, b in zip(result, base[1])):.1e}"
         else:
             same = "yes" if result == base[1] else "NO"
+        cpu = ", ".join(f"{r['cpu']:.1f}" for r in rows)
         lines.append(f"| {world} | {seconds:.2f} | {amount / seconds:,.1f} | {speed:.2f} x | {speed / world:.0%} | "
-                     f"{', '.join(str(r['peak_mib']) for r in rows)} | {same} |")
+                     f"{cpu} | {', '.join(str(r['peak_mib']) for r in rows)} | {same} |")
         print(lines[-1], flush=True)
     return lines + [""]
 
