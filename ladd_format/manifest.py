@@ -19,7 +19,7 @@ from ._encodings import get_encoding
 from .errors import SchemaError
 
 FORMAT_NAME = "ladd"
-FORMAT_VERSION = "1.3"
+FORMAT_VERSION = "1.4"
 """The newest format version this library reads and writes; the writer records the oldest
 version that has every feature a container uses (SPEC.md section 9)."""
 VERSION_PATTERN = r"^[1-9][0-9]*\.(0|[1-9][0-9]*)$"

@@ -16,7 +16,9 @@ from ladd_format._encodings import get_encoding
 from ladd_format.testing import example_arrays
 
 ENCODINGS = [("float32", None), ("float16", None), ("uint8", None), ("uint16", None),
-             ("topk", {"k": 3, "rule": "smoothing"}), ("topk", {"k": 1, "rule": "renorm"})]
+             ("topk", {"k": 3, "rule": "smoothing"}), ("topk", {"k": 1, "rule": "renorm"}),
+             ("coarse", {"scale": 15}), ("coarse", {"scale": 1})]
+VERSIONS = {"float32": "1.0", "float16": "1.0", "uint8": "1.1", "uint16": "1.1", "topk": "1.1", "coarse": "1.4"}
 SUM_ATOL = 1e-6  # decoded rows sum to 1 within this (float64 sum of the float32 values)
 
 
@@ -61,6 +63,35 @@ def test_quantised_error_is_below_one_step(p, case):
     assert (q.sum(-1) == scale).all()  # largest-remainder rounding: rows sum exactly
     assert np.abs(q - _exact(p) * scale).max() < 1  # q is floor or ceil of p * scale
     assert np.abs(out - _exact(p)).max() <= 1 / scale + 1e-7
+
+
+@given(prob_rows(), st.integers(1, 254))
+def test_coarse_error_is_below_one_step(p, scale):
+    stored, out = _decode("coarse", {"scale": scale}, p)
+    q = stored["dense_labels"].astype(np.int64)
+    assert (q.sum(-1) == scale).all()
+    assert np.abs(q - _exact(p) * scale).max() < 1
+    assert np.abs(out - _exact(p)).max() <= 1 / scale + 1e-7
+    assert np.array_equal(out, (q.astype(np.float32) / np.float32(scale)).astype(np.float64))
+
+
+def test_coarse_scale_one_is_the_most_probable_class():
+    p = np.array([[[0.1, 0.45, 0.45, 0.0], [0.2, 0.3, 0.1, 0.4]]])
+    stored, _ = _decode("coarse", {"scale": 1}, p)
+    assert stored["dense_labels"].tolist() == [[[0, 1, 0, 0], [0, 0, 0, 1]]]  # a tie goes to the lower class
+
+
+def test_coarse_torch_decode_is_the_numpy_decode():
+    import torch
+
+    rng = np.random.default_rng(3)
+    p = rng.random((4, 9, 300)) ** 6
+    for scale in (1, 3, 15, 254):
+        enc = get_encoding("coarse", {"scale": scale}, 300)
+        stored = enc.encode(p)
+        want = enc.decoder({"dense_labels": lambda sel: stored["dense_labels"][sel]})(slice(None))
+        got = enc.torch_decode({"dense_labels": torch.from_numpy(stored["dense_labels"])}).numpy()
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32)), scale
 
 
 @given(prob_rows(), st.integers(1, 39), st.sampled_from(["smoothing", "renorm"]))
@@ -114,7 +145,7 @@ def test_every_encoding_round_trips_through_the_container(tmp_path, name, params
     with ladd_format.open(path, verify=True) as ds:
         m = ds.manifest
         assert (m.dense_labels.encoding, m.dense_labels.params) == (name, params or {})
-        assert m.format_version == ("1.0" if name in ("float32", "float16") else "1.1")
+        assert m.format_version == VERSIONS[name]
         assert set(m.arrays) == {"images", "labels", *enc.stored_specs(12, 9, 6)}
         assert set(ds.stored_bytes()) == set(m.arrays)
         assert np.array_equal(np.asarray(ds.dense_labels), want)
@@ -144,6 +175,12 @@ def test_default_encoding_is_uint8_for_probs_and_float32_for_logits(tmp_path):
     ("topk", {"k": 1, "rule": "softmax"}, "rule"),
     ("uint8", {"bits": 8}, "no parameters"),
     ("int4", None, "int4"),
+    ("coarse", None, "parameter scale"),
+    ("coarse", {"scale": 3, "k": 1}, "parameter scale"),
+    ("coarse", {"scale": 0}, "1 <= scale <= 254"),
+    ("coarse", {"scale": 255}, "255 is the uint8 encoding"),
+    ("coarse", {"scale": 15.0}, "integer scale"),
+    ("coarse", {"scale": True}, "integer scale"),
 ])
 def test_invalid_parameters_are_refused_before_writing(tmp_path, name, params, message):
     images, labels, dense = example_arrays(num_classes=3, ipc=2, size=8)
@@ -152,10 +189,10 @@ def test_invalid_parameters_are_refused_before_writing(tmp_path, name, params, m
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("name", ["uint8", "uint16", "topk"])
+@pytest.mark.parametrize("name", ["uint8", "uint16", "topk", "coarse"])
 def test_compact_encodings_refuse_logits(tmp_path, name):
     images, labels, dense = example_arrays(num_classes=3, ipc=2, size=8)
-    params = {"k": 1, "rule": "renorm"} if name == "topk" else None
+    params = {"topk": {"k": 1, "rule": "renorm"}, "coarse": {"scale": 7}}.get(name)
     with pytest.raises(InvalidInputError, match="logits"):
         ladd_format.write(tmp_path / "x.ladd", images, labels, np.log(dense), values="logits",
                           encoding=name, encoding_params=params)
@@ -172,6 +209,24 @@ def test_reader_refuses_unknown_parameters(tmp_path, params, message):
                              encoding="topk", encoding_params={"k": 2, "rule": "renorm"})
     edit_manifest(path, lambda m: m["dense_labels"].__setitem__("params", params), redigest=True)
     with pytest.raises(UnsupportedEncodingError, match=message):
+        ladd_format.open(path)
+
+
+@pytest.mark.parametrize("params,message", [({"scale": 300}, "1 <= scale <= 254"), ({}, "parameter scale")])
+def test_reader_refuses_unknown_coarse_parameters(tmp_path, params, message):
+    path = ladd_format.write(tmp_path / "c.ladd", *example_arrays(num_classes=4, ipc=1, size=8),
+                             encoding="coarse", encoding_params={"scale": 7})
+    edit_manifest(path, lambda m: m["dense_labels"].__setitem__("params", params), redigest=True)
+    with pytest.raises(UnsupportedEncodingError, match=message):
+        ladd_format.open(path)
+
+
+def test_coarse_needs_format_1_4(tmp_path):
+    """A 1.3 reader would refuse the encoding by name: a container claiming 1.3 is refused."""
+    path = ladd_format.write(tmp_path / "c.ladd", *example_arrays(num_classes=4, ipc=1, size=8),
+                             encoding="coarse", encoding_params={"scale": 7})
+    edit_manifest(path, lambda m: m.__setitem__("format_version", "1.3"), redigest=True)
+    with pytest.raises(SchemaError, match="older than the 1.4 that its encoding 'coarse'"):
         ladd_format.open(path)
 
 
@@ -198,6 +253,9 @@ def test_decoder_refuses_values_that_break_the_encoding():
     enc = get_encoding("uint8", None, 3)
     with pytest.raises(SchemaError, match="sum to 255"):
         enc.decoder({"dense_labels": lambda sel: np.array([[[200, 0, 0]]], np.uint8)})(slice(None))
+    coarse = get_encoding("coarse", {"scale": 15}, 3)
+    with pytest.raises(SchemaError, match="sum to 15 as 'coarse'"):
+        coarse.decoder({"dense_labels": lambda sel: np.array([[[15, 1, 0]]], np.uint8)})(slice(None))
     topk = get_encoding("topk", {"k": 2, "rule": "smoothing"}, 3)
     arrays = {"dense_labels": np.array([[[200, 50]]], np.uint8), "dense_index": np.array([[[1, 1]]], np.uint8)}
     with pytest.raises(SchemaError, match="distinct"):

@@ -1,4 +1,4 @@
-"""The frozen vectors (v1.0, v1.1, v1.2, v1.3) decode to their expected arrays on every run, forever.
+"""The frozen vectors (v1.0, v1.1, v1.2, v1.3, v1.4) decode to their expected arrays on every run, forever.
 
 A vector file that changes is a format change: SHA256SUMS catches it here.
 """
@@ -20,11 +20,14 @@ NAMES = ["basic_float32.ladd", "gray_float16.ladd.zip", "logits_raw.ladd"]
 NAMES_V11 = ["uint8_probs.ladd", "uint16_probs.ladd.zip", "topk_smoothing.ladd", "topk_renorm.ladd.zip"]
 NAMES_V12 = ["teacher_uint8.ladd"]
 NAMES_V13 = ["published_uint8.ladd.zip"]
+NAMES_V14 = ["coarse_s15.ladd", "coarse_s1.ladd.zip"]
 ALL = ([(VECTORS, name) for name in NAMES] + [(ROOT / "v1.1", name) for name in NAMES_V11]
-       + [(ROOT / "v1.2", name) for name in NAMES_V12] + [(ROOT / "v1.3", name) for name in NAMES_V13])
+       + [(ROOT / "v1.2", name) for name in NAMES_V12] + [(ROOT / "v1.3", name) for name in NAMES_V13]
+       + [(ROOT / "v1.4", name) for name in NAMES_V14])
 
 
-@pytest.mark.parametrize("folder", [VECTORS, ROOT / "v1.1", ROOT / "v1.2", ROOT / "v1.3", ROOT / "crops"])
+@pytest.mark.parametrize("folder", [VECTORS, ROOT / "v1.1", ROOT / "v1.2", ROOT / "v1.3", ROOT / "v1.4",
+                                    ROOT / "crops"])
 def test_vector_files_are_unchanged(folder):
     listed = {}
     for line in (folder / "SHA256SUMS").read_text().splitlines():
@@ -89,7 +92,8 @@ def _vector_definitions():
     return {**{("v1.0", n): v for n, v in module._vectors().items()},
             **{("v1.1", n): v for n, v in module._vectors_v11().items()},
             **{("v1.2", n): v for n, v in module._vectors_v12().items()},
-            **{("v1.3", n): v for n, v in module._vectors_v13().items()}}
+            **{("v1.3", n): v for n, v in module._vectors_v13().items()},
+            **{("v1.4", n): v for n, v in module._vectors_v14().items()}}
 
 
 def _files(container):

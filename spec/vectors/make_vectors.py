@@ -1,4 +1,4 @@
-"""Generates the frozen container vectors (v1.0/, v1.1/, v1.2/, v1.3/). Run once; never regenerate silently.
+"""Generates the frozen container vectors (v1.0/, v1.1/, v1.2/, v1.3/, v1.4/). Run once; never regenerate silently.
 
     python spec/vectors/make_vectors.py
 
@@ -120,6 +120,27 @@ def _vectors_v13() -> dict[str, dict]:
     }
 
 
+def _vectors_v14() -> dict[str, dict]:
+    """The ``coarse`` encoding added in format 1.4: ties, an empty class, one-hot rows, S = 1."""
+    rng = np.random.default_rng(20261130)
+    ties = _probs(rng, (5, 9, 5))
+    ties[0, 0] = [0.25, 0.25, 0.25, 0.25, 0.0]  # 3.75 each at S = 15: the three left-over units to classes 0-2
+    ties[0, 1] = [1.0, 0.0, 0.0, 0.0, 0.0]
+    ties[1, 0] = [0.0, 0.5, 0.5, 0.0, 0.0]  # 7.5 each: the left-over unit goes to the lower class
+    tied_top = _probs(rng, (4, 4, 4))
+    tied_top[2, 3] = [0.1, 0.45, 0.45, 0.0]  # S = 1: the one unit goes to the lower of the tied classes
+    return {
+        "coarse_s15.ladd": dict(
+            images=rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8), labels=np.array([0, 1, 2, 3, 4]),
+            dense_labels=ties, kwargs=dict(encoding="coarse", encoding_params={"scale": 15}, compression="zstd",
+                                           sampler={"n": 3})),
+        "coarse_s1.ladd.zip": dict(
+            images=rng.integers(0, 256, (4, 10, 12, 1), dtype=np.uint8), labels=np.array([3, 0, 2, 1]),
+            dense_labels=tied_top, kwargs=dict(encoding="coarse", encoding_params={"scale": 1}, compression="gzip",
+                                               sampler={"n": 2, "ratio": 0.5})),
+    }
+
+
 def _write_vector(folder: Path, name: str, v: dict) -> None:
     target = folder / name
     kwargs = dict(v["kwargs"])
@@ -157,7 +178,7 @@ def _write_sums(folder: Path) -> None:
 
 def main() -> int:
     for version, vectors in (("v1.0", _vectors()), ("v1.1", _vectors_v11()), ("v1.2", _vectors_v12()),
-                             ("v1.3", _vectors_v13())):
+                             ("v1.3", _vectors_v13()), ("v1.4", _vectors_v14())):
         folder = ROOT / version
         folder.mkdir(parents=True, exist_ok=True)
         for name, v in vectors.items():

@@ -1,0 +1,253 @@
+"""Accuracy against on-disk bytes: hard labels at IPC n, n+1, ... against LADD at every encoding.
+
+    python benchmarks/frontier.py --ipc 1 10 [--seeds 3] [--epochs 200] [--out benchmarks/results/frontier.md]
+
+Fashion-MNIST, random-real images (nested draws: the IPC n set is the first n images of each
+class of any larger draw), the demo's labeler and trainer (``--preset cpu`` unless told
+otherwise; ``--epochs`` overrides the preset's epochs for every point alike). For each IPC n:
+LADD at IPC n under every encoding, then hard labels at IPC n, n+1, ... until their bytes pass
+the largest LADD container's. Every point trains ``--seeds`` ConvNets with the same settings
+(:func:`ladd_format.demo.measure`, which also counts the bytes as the demo does: images +
+labels on disk, plus every dense-label array for LADD). Rows go to ``--json`` as they come, so
+a run cut short keeps them; ``--from-json`` only rebuilds the table and the plot.
+
+A LADD point *beats hard labels at equal bytes* when its mean accuracy exceeds that of the
+smallest hard-label set holding at least as many bytes by more than the larger of the two
+standard deviations (over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ladd_format import open as open_container
+from ladd_format.demo import DemoSettings, measure
+from ladd_format.labeler import Labeler, augment, train_labeler
+from ladd_format.sources import SourceDataset, fashion_mnist, random_real
+
+ENCODINGS: list[tuple[str, dict | None]] = [
+    ("uint8", None), ("topk", {"k": 1, "rule": "renorm"}), ("coarse", {"scale": 3}), ("coarse", {"scale": 15}),
+    ("topk", {"k": 1, "rule": "smoothing"}), ("topk", {"k": 2, "rule": "renorm"}),
+    ("topk", {"k": 2, "rule": "smoothing"}), ("topk", {"k": 3, "rule": "renorm"}),
+    ("topk", {"k": 3, "rule": "smoothing"}), ("float16", None), ("uint16", None), ("float32", None),
+]
+"""Most telling first (the default, the cheapest), so that a run cut short keeps them."""
+FIRST = 4  # encodings trained before the hard-label curve
+
+
+def encoding_label(name: str, params: dict | None) -> str:
+    """``topk k=2 renorm``, ``coarse S=15``, ``uint8``: a row's encoding in the table."""
+    if name == "topk":
+        return f"topk k={params['k']} {params['rule']}"
+    if name == "coarse":
+        return f"coarse S={params['scale']}"
+    return name
+
+
+def _container(out: Path, ipc: int, source: SourceDataset, labeler: Labeler, encoding: str,
+               params: dict | None) -> Path:
+    """The IPC ``ipc`` random-real set labelled by ``labeler`` and stored under ``encoding``."""
+    images, labels, index = random_real(source, ipc, seed=0)
+    name = encoding_label(encoding, params).replace(" ", "_").replace("=", "")
+    distillation = {"method": "random-real", "source_dataset": source.name, "ipc": ipc,
+                    "details": {"seed": 0, "train_indices": index.tolist()}}
+    return augment(out / f"ipc{ipc}_{name}.ladd", images, labels, labeler, distillation=distillation,
+                   class_names=list(source.class_names), encoding=encoding, encoding_params=params,
+                   overwrite=True, progress=False)
+
+
+def _point(path: Path, source: SourceDataset, s: DemoSettings, mode: str) -> dict[str, Any]:
+    with open_container(path) as ds:
+        return measure(ds, source, s, mode, progress=False)
+
+
+def _bytes(path: Path, dense: bool) -> int:
+    """What ``measure`` counts: images + labels, plus the dense-label arrays for LADD."""
+    with open_container(path) as ds:
+        stored = ds.stored_bytes()
+    return sum(stored.values()) if dense else stored["images"] + stored["labels"]
+
+
+def frontier(ipc: int, source: SourceDataset, labeler: Labeler, s: DemoSettings, out: Path,
+             record: Any) -> None:
+    """LADD at every encoding and the hard-label curve from ``ipc`` until its bytes pass the
+    largest LADD container. All containers are written first; training then takes the first
+    ``FIRST`` encodings, the hard curve, and the other encodings, so a run cut short keeps
+    what decides the comparison."""
+    ladd = [(encoding_label(e, p), _container(out, ipc, source, labeler, e, p)) for e, p in ENCODINGS]
+    with_dense = max(_bytes(path, dense=True) for _, path in ladd)
+    hard = [_container(out, ipc, source, labeler, "uint8", None)]
+    while _bytes(hard[-1], dense=False) <= with_dense:
+        hard.append(_container(out, ipc + len(hard), source, labeler, "uint8", None))
+    jobs = ([("LADD", *job) for job in ladd[:FIRST]] + [("hard", "-", path) for path in hard]
+            + [("LADD", *job) for job in ladd[FIRST:]])
+    for method, label, path in jobs:
+        row = _point(path, source, s, "ladd" if method == "LADD" else "hard")
+        record({**row, "ipc_setting": ipc, "method": method, "encoding": label})
+
+
+def _matched(row: dict, hard: list[dict]) -> dict | None:
+    """The smallest hard-label set with at least ``row``'s bytes."""
+    fits = [h for h in hard if h["bytes"] >= row["bytes"]]
+    return min(fits, key=lambda h: h["bytes"]) if fits else None
+
+
+def verdicts(rows: list[dict]) -> list[dict]:
+    """LADD rows with the hard set they are compared with, the gap, and whether it exceeds
+    the larger std."""
+    out = []
+    for ipc in sorted({r["ipc_setting"] for r in rows}):
+        hard = [r for r in rows if r["ipc_setting"] == ipc and r["method"] == "hard"]
+        for r in (r for r in rows if r["ipc_setting"] == ipc and r["method"] == "LADD"):
+            h = _matched(r, hard)
+            gap = None if h is None else r["accuracy_mean"] - h["accuracy_mean"]
+            wins = None if h is None else gap > max(r["accuracy_std"], h["accuracy_std"])
+            out.append({**r, "vs_hard_ipc": h and h["ipc"], "gap": gap, "wins": wins})
+    return out
+
+
+def markdown(rows: list[dict], header: list[str]) -> str:
+    lines = [*header, "", "| IPC | labels | encoding | images/class | bytes on disk | test accuracy (%) | "
+             "vs hard at >= bytes | gap (points) | beats by > 1 std |", "|---:|---|---|---:|---:|---:|---:|---:|---|"]
+    judged = {(r["ipc_setting"], r["encoding"]): r for r in verdicts(rows)}
+    for r in sorted(rows, key=lambda r: (r["ipc_setting"], r["bytes"])):
+        v = judged.get((r["ipc_setting"], r["encoding"])) if r["method"] == "LADD" else None
+        acc = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
+        versus = "" if v is None or v["gap"] is None else f"IPC {v['vs_hard_ipc']}"
+        gap = "" if v is None or v["gap"] is None else f"{100 * v['gap']:+.2f}"
+        wins = "" if v is None or v["wins"] is None else ("**yes**" if v["wins"] else "no")
+        labels = "dense" if r["method"] == "LADD" else "hard"
+        lines.append(f"| {r['ipc_setting']} | {labels} | {r['encoding']} | {r['ipc']} | {r['bytes']:,} | {acc} | "
+                     f"{versus} | {gap} | {wins} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """One panel per IPC: accuracy (mean, bars +- std) against bytes; hard labels as a line.
+    Drawn with Pillow, since matplotlib is not a dependency of the library."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    ipcs = sorted({r["ipc_setting"] for r in rows})
+    pw, ph, margin = 640, 480, (80, 30, 30, 60)  # left, top, right, bottom
+    img = Image.new("RGB", (pw * len(ipcs), ph), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=13)
+    for i, ipc in enumerate(ipcs):
+        _panel(draw, font, [r for r in rows if r["ipc_setting"] == ipc], (i * pw, 0, pw, ph), margin, ipc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int],
+           margin: tuple[int, int, int, int], ipc: int) -> None:
+    x0, y0, w, h = box
+    left, top, right, bottom = margin
+    xs = [r["bytes"] for r in rows]
+    ys = [100 * (r["accuracy_mean"] + s * r["accuracy_std"]) for r in rows for s in (-1, 1)]
+    (xa, xb), (ya, yb) = _padded(min(xs), max(xs)), _padded(min(ys), max(ys))
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (x0 + left + (x - xa) / (xb - xa) * (w - left - right),
+                y0 + h - bottom - (y - ya) / (yb - ya) * (h - top - bottom))
+
+    draw.rectangle([at(xa, yb), at(xb, ya)], outline="black")
+    for t in np.linspace(xa, xb, 5):
+        x, y = at(t, ya)
+        draw.text((x - 20, y + 5), f"{t / 1000:.1f}k", fill="black", font=font)
+    for t in np.linspace(ya, yb, 6):
+        x, y = at(xa, t)
+        draw.text((x - 45, y - 7), f"{t:.1f}", fill="black", font=font)
+    draw.text((x0 + w // 2 - 70, y0 + h - 25), "bytes on disk", fill="black", font=font)
+    draw.text((x0 + 5, y0 + 8), f"IPC {ipc}: test accuracy (%)  -- hard labels (red), LADD (blue)",
+              fill="black", font=font)
+    hard = sorted((r for r in rows if r["method"] == "hard"), key=lambda r: r["bytes"])
+    draw.line([at(r["bytes"], 100 * r["accuracy_mean"]) for r in hard], fill="red", width=2)
+    for r in rows:
+        colour = "red" if r["method"] == "hard" else "blue"
+        m, s = 100 * r["accuracy_mean"], 100 * r["accuracy_std"]
+        x, y = at(r["bytes"], m)
+        draw.line([at(r["bytes"], m - s), at(r["bytes"], m + s)], fill=colour)
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        tag = f"IPC {r['ipc']}" if r["method"] == "hard" else r["encoding"]
+        draw.text((x + 5, y - 14 if r["method"] == "hard" else y + 2), tag, fill=colour, font=font)
+
+
+def _padded(lo: float, hi: float) -> tuple[float, float]:
+    pad = 0.08 * (hi - lo) or 1.0
+    return lo - pad, hi + pad
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="e.g. 1 10 50")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (every point alike)")
+    ap.add_argument("--width", type=int, default=None, help="override the preset's ConvNet width")
+    ap.add_argument("--test-images", type=int, default=None,
+                    help="test on the first N/K test images of each class (default: the whole test split)")
+    ap.add_argument("--work", type=Path, default=Path("out/frontier"), help="labeler and containers")
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/frontier.json"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier.md"))
+    ap.add_argument("--png", type=Path, default=Path("benchmarks/results/frontier.png"))
+    ap.add_argument("--from-json", action="store_true", help="only rebuild the table and plot from --json")
+    args = ap.parse_args()
+
+    train = {k: v for k, v in (("epochs", args.epochs), ("width", args.width)) if v is not None}
+    s = DemoSettings.from_preset(args.preset, seeds=args.seeds, train=train)
+    if args.from_json:
+        report = json.loads(args.json.read_text())
+    else:
+        report = run(args, s)
+    table = markdown(report["rows"], [f"Accuracy against bytes on Fashion-MNIST (`python benchmarks/frontier.py "
+                                      f"--ipc {' '.join(map(str, report['ipcs']))}`), {report['seconds']:.0f} s", "",
+                                      "Settings: " + ", ".join(report["settings"])])
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table + "\n")
+    plot(report["rows"], args.png)
+    print(f"wrote {args.out} and {args.png} (drawn with Pillow)")
+
+
+def _test_subset(source: SourceDataset, count: int | None) -> SourceDataset:
+    """The first ``count / K`` test images of each class (all of them for ``None``)."""
+    if count is None:
+        return source
+    per_class = count // source.num_classes
+    keep = np.sort(np.concatenate([np.flatnonzero(source.test_labels == c)[:per_class]
+                                   for c in range(source.num_classes)]))
+    return dataclasses.replace(source, test_images=source.test_images[keep], test_labels=source.test_labels[keep])
+
+
+def run(args: argparse.Namespace, s: DemoSettings) -> dict[str, Any]:
+    """Train every point; the report (also saved to ``args.json`` after every row)."""
+    print("settings:", "; ".join(s.describe()))
+    started = time.perf_counter()
+    source = _test_subset(fashion_mnist(), args.test_images)
+    print(f"test images: {len(source.test_labels)}")
+    labeler = train_labeler(source, **s.labeler, out_dir=args.work / "labeler", progress=False)
+    report = {"settings": [*s.describe(), f"test images {len(source.test_labels)}"], "ipcs": args.ipc, "rows": [], "seconds": 0.0}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(row: dict) -> None:
+        report["rows"].append(row)
+        report["seconds"] = time.perf_counter() - started
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"[{report['seconds']:6.0f} s] IPC {row['ipc_setting']:3d} {row['method']:5s} {row['encoding']:22s} "
+              f"images/class {row['ipc']:3d} bytes {row['bytes']:8,d} accuracy {100 * row['accuracy_mean']:.2f} "
+              f"± {100 * row['accuracy_std']:.2f}", flush=True)
+
+    for ipc in args.ipc:
+        frontier(ipc, source, labeler, s, args.work, record)
+    return report
+
+
+if __name__ == "__main__":
+    main()
