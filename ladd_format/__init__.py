@@ -1,6 +1,7 @@
 """ladd_format: publish, load and measure label-augmented distilled datasets (LADD).
 
 The public API is small: :func:`write` (and :class:`Writer` for data in pieces), :func:`open`, :func:`pack`, :func:`sweep`, :class:`LaddDataset`,
+:func:`keep_freed_memory` (faster CPU training),
 the manifest models in :mod:`ladd_format.manifest`, the errors in :mod:`ladd_format.errors`,
 :class:`UniformSampler` (the one crop function) and :class:`DeviceLoader`/:class:`CropDataset`
 (feeding trainers); the pipeline lives in :mod:`sources`, :mod:`models`, :mod:`labeler`,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._allocator import keep_freed_memory  # noqa: E402
 from ._read import LaddDataset, LazyArray, open  # noqa: E402
 from ._pack import pack  # noqa: E402
 from ._store import sweep  # noqa: E402
@@ -80,6 +82,7 @@ __all__ = [
     "publish",
     "reencode",
     "sweep",
+    "keep_freed_memory",
     "write",
     "Writer",
 ]
