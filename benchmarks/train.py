@@ -341,21 +341,6 @@ def _per_size(values: dict, sizes: list[int]) -> str:
     return ", ".join(f"{values[s]} at {s} px" for s in sizes)
 
 
-def _malloc_reuse() -> str:
-    """Keep freed memory in the process for reuse (glibc only): big blocks from the heap instead
-    of fresh mmaps (M_MMAP_THRESHOLD), the heap's top never handed back (M_TRIM_THRESHOLD), one
-    arena. Returns what was set ("" where glibc's mallopt is missing)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        settings = {"M_MMAP_THRESHOLD": (-3, 1 << 30), "M_TRIM_THRESHOLD": (-1, 2**31 - 1), "M_ARENA_MAX": (-8, 1)}
-        done = [f"{name} {value}" for name, (code, value) in settings.items() if libc.mallopt(code, value) == 1]
-    except (OSError, AttributeError):
-        return ""
-    return ", ".join(done)
-
-
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
@@ -376,8 +361,8 @@ def main(argv=None) -> int:
     ap.add_argument("--crops", default=None,
                     help="crops per image of the ladd row: all or k (default all; --quick: 5 at 32 px, 1 at 128 px)")
     ap.add_argument("--malloc-reuse", action="store_true",
-                    help="before any work, ask glibc malloc to keep freed memory for reuse (mallopt: "
-                         "M_MMAP_THRESHOLD 1 GiB, M_TRIM_THRESHOLD 2 GiB - 1, M_ARENA_MAX 1); both sides alike")
+                    help="before any work, ladd_format.keep_freed_memory() (what the ladd program does); "
+                         "both sides alike")
     ap.add_argument("--no-ladd", action="store_true", help="skip the library's ladd row")
     ap.add_argument("--separate", dest="together", action="store_false",
                     help="library: train_seeds(together=False), one seed after another (default: together)")
@@ -405,7 +390,7 @@ def main(argv=None) -> int:
     args.labeler_width = args.labeler_width or (16 if q else 128)
     if any(s not in MODELS for s in args.sizes):
         ap.error(f"--sizes must be among {sorted(MODELS)}")
-    malloc = _malloc_reuse() if args.malloc_reuse else ""
+    malloc = args.malloc_reuse and ladd_format.keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -420,7 +405,7 @@ def main(argv=None) -> int:
                         f"width {args.width}, lr {args.lr}, SGD momentum 0.9 wd 5e-4, lr x0.1 after half the epochs, "
                         f"DSA on every side; ladd row k = {_per_size(args.crops_by_size, args.sizes)} crops per image "
                         f"per step; library amp {'on (bf16 autocast on CUDA)' if args.amp else 'off'}; "
-                        f"malloc {'reuse (mallopt: ' + malloc + ')' if malloc else 'glibc defaults'}",
+                        f"malloc {'kept for reuse (keep_freed_memory)' if malloc else 'glibc defaults'}",
             "data": f"Fashion-MNIST, {args.pool:,} seeded train images and the first {args.test_images:,} test images, "
                     f"upsampled bilinearly to the size and repeated to 3 channels; random-real IPC per class "
                     f"from the {args.pool:,}; dense labels from a ConvNet labeler (width {args.labeler_width}, "
