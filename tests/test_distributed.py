@@ -154,8 +154,9 @@ def small(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["ladd", "hard"])
 def test_two_ranks_train_as_one_process(small, mode):
     """Data parallel train() and train_seeds() on 2 ranks, global batches of 13 and 7 images (odd
-    shares): the per-epoch losses and the trained parameters are one process's, within float
-    reassociation (rtol 1e-5, atol 1e-6), and both ranks return the same model."""
+    shares; train_seeds 19 and 1, an empty share): the per-epoch losses and the trained
+    parameters are one process's, within float reassociation (rtol 1e-5, atol 1e-6), and both
+    ranks return the same model."""
     import torch
 
     procs = _start(small, mode, 1, task="train") + _start(small, mode, 2, task="train")
