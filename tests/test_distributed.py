@@ -131,12 +131,7 @@ def test_torchrun_runs_ladd_augment_on_two_ranks(tmp_path):
                           str(tmp_path / "one.ladd"), *args], env=env,
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert one.returncode == 0, one.stderr
-    torchrun = Path(sys.executable).with_name("torchrun")
-    two = subprocess.run([str(torchrun), "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-                          f"--master-port={_port()}", "-m", "ladd_format", "augment", str(tmp_path / "lab.pt"),
-                          str(tmp_path / "two.ladd"), *args],
-                         env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = _torchrun(["augment", str(tmp_path / "lab.pt"), str(tmp_path / "two.ladd"), *args])
     assert two.stdout.count("wrote") == 1 and "(2 ranks)" in two.stdout  # rank 0 reports, once
     assert _tree(tmp_path / "one.ladd") == _tree(tmp_path / "two.ladd")
 
@@ -206,22 +201,41 @@ def _idx_folder(folder: Path) -> Path:
     return folder
 
 
+def _ladd_train(tmp_path: Path, *options: str) -> list[str]:
+    """``ladd train`` on a small grayscale container: its arguments."""
+    from ladd_format.testing import write_example
+
+    source = tmp_path / "src.ladd"
+    if not source.exists():
+        write_example(source, num_classes=10, ipc=2, size=28, channels=1)
+        _idx_folder(tmp_path / "idx")
+    return ["train", str(source), "--test-source", str(tmp_path / "idx"), "--source-name", "fake-idx",
+            "--epochs", "1", "--width", "8", "--crops", "3", "--batch-size", "8", "--device", "cpu", *options]
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                           f"--master-port={_port()}", "-m", "ladd_format", *args],
+                          env=_env(0, 1, 0), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_torchrun_runs_the_ladd_train_grid_on_two_ranks(tmp_path):
     """``ladd train --seeds 2`` under torchrun: one (convnet, seed) run per rank, the table printed
     once, equal to one process's."""
-    from ladd_format.testing import write_example
-
-    source = write_example(tmp_path / "src.ladd", num_classes=10, ipc=2, size=28, channels=1)
-    args = ["train", str(source), "--test-source", str(_idx_folder(tmp_path / "idx")), "--source-name", "fake-idx",
-            "--epochs", "1", "--width", "8", "--seeds", "2", "--crops", "3", "--batch-size", "8", "--device", "cpu"]
-    env = _env(0, 1, 0)
-    one = subprocess.run([sys.executable, "-m", "ladd_format", *args], env=env, capture_output=True, text=True,
-                         timeout=TIMEOUT)
+    args = _ladd_train(tmp_path, "--seeds", "2")
+    one = subprocess.run([sys.executable, "-m", "ladd_format", *args], env=_env(0, 1, 0), capture_output=True,
+                         text=True, timeout=TIMEOUT)
     assert one.returncode == 0, one.stderr
-    torchrun = Path(sys.executable).with_name("torchrun")
-    two = subprocess.run([str(torchrun), "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-                          f"--master-port={_port()}", "-m", "ladd_format", *args],
-                         env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = _torchrun(args)
     assert two.stdout.count("test accuracy") == 1 and "(2 ranks, --parallel auto)" in two.stdout
     assert two.stdout.splitlines()[:2] == one.stdout.splitlines()[:2]
+
+
+def test_torchrun_runs_ladd_train_data_parallel(tmp_path):
+    """``ladd train --parallel data``: one run over both ranks; rank 0 prints the table, once."""
+    two = _torchrun(_ladd_train(tmp_path, "--parallel", "data"))
+    assert two.stdout.count("test accuracy") == 1 and two.stdout.count("convnet") == 1
+    assert "(2 ranks, --parallel data)" in two.stdout
