@@ -73,6 +73,7 @@ def distill_dm(source: SourceDataset, ipc: int, *, iterations: int, batch_real: 
     :class:`~ladd_format.errors.InvalidInputError` on bad ones, or if the pixels stop being finite.
     """
     _check_args(source, ipc, iterations, batch_real, lr, momentum, seed)
+    ipc, iterations, batch_real, seed = int(ipc), int(iterations), int(batch_real), int(seed)  # numpy ints too
     dev = resolve_device(device)
     probe = _embedder(source, width, depth, seed=0)  # checks width and depth before any work
     init, labels, index = random_real(source, ipc, seed=seed)

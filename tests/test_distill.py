@@ -114,7 +114,8 @@ def test_divergence_is_an_error_not_garbage(source):
 
 
 def test_provenance_says_dm_and_survives_a_container(source, tmp_path):
-    d = distill_dm(source, 2, iterations=2, lr=0.5, seed=3, progress=False, **_SMALL)
+    d = distill_dm(source, np.int64(2), iterations=np.int64(2), lr=0.5, seed=np.int64(3), progress=False,
+                   **_SMALL)  # numpy integers, as array code passes them, must still give JSON metadata
     assert d.distillation["method"] == "dm" and d.distillation["ipc"] == 2
     details = d.distillation["details"]
     assert {k: details[k] for k in ("iterations", "lr", "momentum", "batch_real", "seed", "architecture",
