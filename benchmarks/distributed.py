@@ -15,7 +15,8 @@ machine) for the three distributed jobs:
 
 Each configuration runs as processes launched the way ``torchrun`` launches them (RANK,
 WORLD_SIZE, MASTER_ADDR=127.0.0.1); every rank times its job between two barriers, so the
-figures leave out interpreter start-up and the container's creation. Reported: seconds,
+figures leave out interpreter start-up, the container's creation and, for the training jobs,
+a warm-up (one untimed epoch of each architecture on one batch: see ``_warm_up``). Reported: seconds,
 throughput, speed-up and efficiency against one rank, each rank's CPU seconds (its own work,
 before the closing barrier: on a machine shared with other work, where the wall-clock speed-up
 says little, the fall of the largest of them shows how well the work splits), each rank's peak
@@ -52,6 +53,8 @@ def _rank_main(job: str, out: str, config: dict) -> None:
     device = config["device"]
     dev = torch.device(device) if rank_device is None or device == "cpu" else rank_device
     work = {"label": _label, "grid": _grid, "data": _data}[job](out, config, dev)
+    if job != "label":
+        _warm_up(config, dev)
     if world > 1:
         dist.barrier()
     start, cpu = time.perf_counter(), time.process_time()
@@ -64,6 +67,18 @@ def _rank_main(job: str, out: str, config: dict) -> None:
     print(json.dumps({"rank": rank, "world": world, "seconds": seconds, "cpu": cpu, "peak_mib": peak,
                       "result": result}),
           flush=True)
+
+
+def _warm_up(c: dict, dev) -> None:
+    """One untimed epoch of each architecture on one batch, alone: a process's first training
+    pays a fixed 1.8 s of CPU (library set-up; ConvNet width 32, 28 px, one thread), which
+    every rank would pay again and a long run amortises."""
+    from ladd_format.train import train
+
+    for name in c["grid_models"].split(",") + ["convnet"]:
+        train(c["container"], model=name, width=32 if name.startswith("convnet") else None, epochs=1,
+              batch_size=c["batch_size"], indices=range(c["batch_size"]), crops_per_image=5, device=dev,
+              progress=False, data_parallel=False)
 
 
 def _label(out: str, c: dict, dev):
