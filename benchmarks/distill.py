@@ -1,7 +1,7 @@
 """LADD's gain on Distribution Matching images against its gain on random real ones (issue 13).
 
     python benchmarks/distill.py [--ipc 1 10] [--seeds 3] [--iterations 150] [--batch-real 64]
-        [--dm-width 64] [--epochs 200] [--threads N] [--out]
+        [--dm-width 64] [--clip] [--epochs 200] [--threads N] [--out [PATH]]
 
 Fashion-MNIST. For each IPC, two image sets: the demo's seeded random-real draw
 (``sources.random_real``, seed 0) and DM images distilled from that very draw
@@ -17,7 +17,8 @@ ConvNets) of the float and the uint8 images; the share of pixels clamped; and ha
 test accuracy of ConvNets trained on each (``_train_hard`` below, one loop for both arms,
 because the library's trainer reads uint8 containers only).
 
-``--out`` writes the report to benchmarks/results/distill.md.
+``--clip`` distils with ``clip=True`` (pixels kept in 0..255 during DM). ``--out`` writes the
+report to benchmarks/results/distill.md, or to the path given.
 """
 
 from __future__ import annotations
@@ -81,9 +82,9 @@ def main() -> None:
     tables = "\n\n".join((_accuracy_table(rows), _gain_table(rows), _rounding_table(rounding)))
     print("\n".join(lines) + "\n" + tables)
     if args.out:
-        _OUT.write_text("# DM images vs random real images, with and without LADD\n\n"
-                        + "  \n".join(lines) + "\n" + tables + "\n")
-        print(f"written {_OUT}")
+        args.out.write_text("# DM images vs random real images, with and without LADD\n\n"
+                            + "  \n".join(lines) + "\n" + tables + "\n")
+        print(f"written {args.out}")
 
 
 def _parse() -> argparse.Namespace:
@@ -96,7 +97,9 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=None, help="test-model epochs (default: the cpu preset's)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--work", type=Path, default=Path("out/distill_bench"), help="where the labeler is kept")
-    ap.add_argument("--out", action="store_true", help=f"write the report to {_OUT}")
+    ap.add_argument("--clip", action="store_true", help="keep DM's pixels in 0..255 (not in the reference)")
+    ap.add_argument("--out", type=Path, nargs="?", const=_OUT, default=None,
+                    help=f"write the report (markdown) there; without a path {_OUT}")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args()
 
@@ -109,7 +112,9 @@ def _settings_lines(args: argparse.Namespace, settings: DemoSettings, load: floa
             f"torch threads; device {'cuda' if torch.cuda.is_available() else 'cpu'}",
             f"DM (reduced CPU settings): iterations {args.iterations} (paper 20,000), batch_real "
             f"{args.batch_real} (paper 256), ConvNet width {args.dm_width} (paper 128), lr 1.0, momentum 0.5, "
-            f"seed 0, initialised from the random-real draw (seed 0)",
+            f"seed 0, initialised from the random-real draw (seed 0); pixels "
+            + ("clipped to 0..255 after every step (clip=True, not in the reference)" if args.clip
+               else "unbounded during DM, as in the reference (clip=False)"),
             f"test models: {args.seeds} seeds, demo preset {settings.preset}: "
             + ", ".join(f"{k} {v}" for k, v in settings.train.items()),
             "labeler: " + ", ".join(f"{k} {v}" for k, v in settings.labeler.items()),
@@ -123,7 +128,7 @@ def _image_sets(source: SourceDataset, ipc: int, args: argparse.Namespace) -> tu
                              "details": {"seed": 0, "train_indices": index.tolist()}})
     t = time.perf_counter()
     dm = distill_dm(source, ipc, iterations=args.iterations, batch_real=args.batch_real, width=args.dm_width,
-                    seed=0, progress=not args.quiet)
+                    clip=args.clip, seed=0, progress=not args.quiet)
     seconds = time.perf_counter() - t
     return {"random real": real, "DM": (dm.images, dm.labels, dm.distillation)}, dm, seconds
 

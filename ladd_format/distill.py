@@ -63,22 +63,27 @@ class DistilledImages:
 
 def distill_dm(source: SourceDataset, ipc: int, *, iterations: int, batch_real: int = DM_BATCH_REAL,
                lr: float = DM_LR, momentum: float = DM_MOMENTUM, width: int | None = None,
-               depth: int | None = None, seed: int = 0, device: str | torch.device | None = None,
-               progress: bool = True) -> DistilledImages:
+               depth: int | None = None, clip: bool = False, seed: int = 0,
+               device: str | torch.device | None = None, progress: bool = True) -> DistilledImages:
     """Distil ``ipc`` images per class of ``source``'s train split with Distribution Matching.
 
     ``width``/``depth`` size the random ConvNets (defaults: the field's width 128 and the depth
-    :func:`~ladd_format.models.build_model` picks, ConvNetD3 at 28-32 px). The same ``seed``
+    :func:`~ladd_format.models.build_model` picks, ConvNetD3 at 28-32 px). ``clip`` projects the
+    pixels onto the storable range 0..255 after every step (the reference leaves them unbounded,
+    and rounding to uint8 then clamps whatever left it). The same ``seed``
     gives the same images on the same device. Arguments are checked before any work; raises
     :class:`~ladd_format.errors.InvalidInputError` on bad ones, or if the pixels stop being finite.
     """
     _check_args(source, ipc, iterations, batch_real, lr, momentum, seed)
+    if not isinstance(clip, bool):
+        raise InvalidInputError(f"clip must be True or False, got {clip!r}")
     ipc, iterations, batch_real, seed = int(ipc), int(iterations), int(batch_real), int(seed)  # numpy ints too
     dev = resolve_device(device)
     probe = _embedder(source, width, depth, seed=0)  # checks width and depth before any work
     init, labels, index = random_real(source, ipc, seed=seed)
     syn = normalise(_to_tensor(init, dev), source.mean, source.std).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=lr, momentum=momentum)
+    low, high = (normalise(torch.full((1, 1, 1, 1), v, device=dev), source.mean, source.std) for v in (0, 255))
     pools = _class_pools(source)
     rng = np.random.default_rng([seed, 1])
     gen = torch.Generator().manual_seed(seed)
@@ -93,6 +98,9 @@ def distill_dm(source: SourceDataset, ipc: int, *, iterations: int, batch_real: 
         if not math.isfinite(loss):
             raise InvalidInputError(f"DM diverged at iteration {it + 1} (loss {loss}): lower lr (got {lr})")
         opt.step()
+        if clip:
+            with torch.no_grad():
+                syn.clamp_(low, high)
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}")
     pixels = syn.detach()
@@ -100,7 +108,7 @@ def distill_dm(source: SourceDataset, ipc: int, *, iterations: int, batch_real: 
         raise InvalidInputError(f"DM diverged: non-finite pixels after {iterations} iterations; lower lr")
     settings = {"iterations": iterations, "lr": float(lr), "momentum": float(momentum),
                 "batch_real": batch_real, "seed": seed, "architecture": "convnet",
-                "width": probe.width, "depth": probe.depth, "norm": "instancenorm",
+                "width": probe.width, "depth": probe.depth, "norm": "instancenorm", "clip": clip,
                 "dsa_strategy": STRATEGY, "dsa": "siamese: one draw per class per iteration, "
                                                 "shared by the real batch and the synthetic images",
                 "init": "random-real", "init_train_indices": index.tolist(), "reference": _REFERENCE}

@@ -96,7 +96,7 @@ def test_to_uint8_denormalises_clamps_and_rounds():
 @pytest.mark.parametrize("kwargs", [
     {"ipc": 0}, {"ipc": 25}, {"ipc": 1.0}, {"iterations": -1}, {"iterations": 2.5}, {"lr": float("nan")},
     {"lr": float("inf")}, {"lr": 0.0}, {"lr": "1"}, {"batch_real": 0}, {"seed": -1}, {"momentum": 1.0},
-    {"width": 0},
+    {"width": 0}, {"clip": 1},
 ])
 def test_bad_arguments_raise_before_any_work(source, monkeypatch, kwargs):
     def no_work(*args, **kw):
@@ -146,3 +146,15 @@ def test_real_and_synthetic_images_share_one_dsa_draw(source, monkeypatch):
             assert torch.all(values == values[0]) and torch.all(syn.values[key] == values[0])
     assert len({p.family for _, p in calls}) > 1 or len({float(next(iter(p.values.values()))[0])
                                                          for _, p in calls}) > 1  # draws differ between classes
+
+
+def test_clip_keeps_the_pixels_storable(source):
+    def raw(d):
+        return d.normalised * np.asarray(source.std) + np.asarray(source.mean)
+
+    free = distill_dm(source, 2, iterations=5, lr=20.0, progress=False, **_SMALL)
+    clipped = distill_dm(source, 2, iterations=5, lr=20.0, clip=True, progress=False, **_SMALL)
+    assert raw(free).min() < -0.01 or raw(free).max() > 1.01  # the unclipped run leaves the range
+    assert raw(clipped).min() >= -1e-6 and raw(clipped).max() <= 1 + 1e-6
+    np.testing.assert_allclose(clipped.images / 255, raw(clipped), atol=0.5 / 255 + 1e-6)
+    assert clipped.distillation["details"]["clip"] is True and free.distillation["details"]["clip"] is False
