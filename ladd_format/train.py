@@ -150,7 +150,8 @@ def train_seeds(dataset: LaddDataset | str | os.PathLike[str], *, seeds: int | S
     reassociation. On a CPU, where that measured slower, and for models with dropout or batch
     norm (the ViT), the seeds run one after another over the one upload, with the results of
     :func:`train` exactly; ``settings["together"]`` says which ran. ``together=False`` calls
-    :func:`train` for each seed in turn.
+    :func:`train` for each seed in turn. Under ``torchrun`` each seed trains data parallel over
+    the ranks, as :func:`train` does.
     """
     seeds = _seed_list(seeds)
     if "seed" in train_kwargs:
