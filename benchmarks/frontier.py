@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ladd_format import LaddError
 from ladd_format import open as open_container
 from ladd_format.demo import DemoSettings, measure
 from ladd_format.labeler import Labeler, augment, train_labeler
@@ -39,7 +40,7 @@ ENCODINGS: list[tuple[str, dict | None]] = [
     ("topk", {"k": 3, "rule": "smoothing"}), ("float16", None), ("uint16", None), ("float32", None),
 ]
 """Most telling first (the default, the cheapest), so that a run cut short keeps them."""
-FIRST = 4  # encodings trained before the hard-label curve
+FIRST = 4  # encodings trained before every other point
 
 
 def encoding_label(name: str, params: dict | None) -> str:
@@ -53,14 +54,28 @@ def encoding_label(name: str, params: dict | None) -> str:
 
 def _container(out: Path, ipc: int, source: SourceDataset, labeler: Labeler, encoding: str,
                params: dict | None) -> Path:
-    """The IPC ``ipc`` random-real set labelled by ``labeler`` and stored under ``encoding``."""
+    """The IPC ``ipc`` random-real set labelled by ``labeler`` and stored under ``encoding``; one
+    that an earlier run left (same labeler, encoding and IPC) is kept."""
     images, labels, index = random_real(source, ipc, seed=0)
     name = encoding_label(encoding, params).replace(" ", "_").replace("=", "")
+    path = out / f"ipc{ipc}_{name}.ladd"
+    if _made_by(path, labeler, encoding, params, ipc):
+        return path
     distillation = {"method": "random-real", "source_dataset": source.name, "ipc": ipc,
                     "details": {"seed": 0, "train_indices": index.tolist()}}
-    return augment(out / f"ipc{ipc}_{name}.ladd", images, labels, labeler, distillation=distillation,
+    return augment(path, images, labels, labeler, distillation=distillation,
                    class_names=list(source.class_names), encoding=encoding, encoding_params=params,
                    overwrite=True, progress=False)
+
+
+def _made_by(path: Path, labeler: Labeler, encoding: str, params: dict | None, ipc: int) -> bool:
+    try:
+        with open_container(path) as ds:
+            m = ds.manifest
+    except (FileNotFoundError, LaddError):
+        return False
+    return (m.labeler.checkpoint_sha256 == labeler.checkpoint_sha256 and m.dense_labels.encoding == encoding
+            and m.dense_labels.params == (params or {}) and m.distillation.ipc == ipc)
 
 
 def _point(path: Path, source: SourceDataset, s: DemoSettings, mode: str) -> dict[str, Any]:
@@ -76,21 +91,32 @@ def _bytes(path: Path, dense: bool) -> int:
 
 
 def frontier(ipc: int, source: SourceDataset, labeler: Labeler, s: DemoSettings, out: Path,
-             record: Any) -> None:
+             record: Any, done: set[tuple]) -> None:
     """LADD at every encoding and the hard-label curve from ``ipc`` until its bytes pass the
     largest LADD container. All containers are written first; training then takes the first
-    ``FIRST`` encodings, the hard curve, and the other encodings, so a run cut short keeps
-    what decides the comparison."""
+    ``FIRST`` encodings, then every other point from the fewest bytes up, so that a run cut
+    short keeps what decides the comparison. Points in ``done`` (from a resumed report) are skipped."""
     ladd = [(encoding_label(e, p), _container(out, ipc, source, labeler, e, p)) for e, p in ENCODINGS]
     with_dense = max(_bytes(path, dense=True) for _, path in ladd)
     hard = [_container(out, ipc, source, labeler, "uint8", None)]
     while _bytes(hard[-1], dense=False) <= with_dense:
         hard.append(_container(out, ipc + len(hard), source, labeler, "uint8", None))
-    jobs = ([("LADD", *job) for job in ladd[:FIRST]] + [("hard", "-", path) for path in hard]
-            + [("LADD", *job) for job in ladd[FIRST:]])
+    rest = [("LADD", *job) for job in ladd[FIRST:]] + [("hard", "-", path) for path in hard]
+    jobs = [("LADD", *job) for job in ladd[:FIRST]] + sorted(rest, key=lambda j: _bytes(j[2], j[0] == "LADD"))
     for method, label, path in jobs:
+        if (ipc, method, label, _images_per_class(path)) in done:
+            continue
         row = _point(path, source, s, "ladd" if method == "LADD" else "hard")
         record({**row, "ipc_setting": ipc, "method": method, "encoding": label})
+
+
+def _images_per_class(path: Path) -> int:
+    with open_container(path) as ds:
+        return ds.ipc
+
+
+def _key(row: dict) -> tuple:
+    return row["ipc_setting"], row["method"], row["encoding"], row["ipc"]
 
 
 def _matched(row: dict, hard: list[dict]) -> dict | None:
@@ -169,14 +195,14 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
               fill="black", font=font)
     hard = sorted((r for r in rows if r["method"] == "hard"), key=lambda r: r["bytes"])
     draw.line([at(r["bytes"], 100 * r["accuracy_mean"]) for r in hard], fill="red", width=2)
-    for r in rows:
+    for i, r in enumerate(sorted(rows, key=lambda r: r["bytes"])):
         colour = "red" if r["method"] == "hard" else "blue"
         m, s = 100 * r["accuracy_mean"], 100 * r["accuracy_std"]
         x, y = at(r["bytes"], m)
         draw.line([at(r["bytes"], m - s), at(r["bytes"], m + s)], fill=colour)
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         tag = f"IPC {r['ipc']}" if r["method"] == "hard" else r["encoding"]
-        draw.text((x + 5, y - 14 if r["method"] == "hard" else y + 2), tag, fill=colour, font=font)
+        draw.text((x + 5, y - 14 if r["method"] == "hard" else y - 20 + 13 * (i % 4)), tag, fill=colour, font=font)
 
 
 def _padded(lo: float, hi: float) -> tuple[float, float]:
@@ -197,23 +223,39 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/frontier.json"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier.md"))
     ap.add_argument("--png", type=Path, default=Path("benchmarks/results/frontier.png"))
-    ap.add_argument("--from-json", action="store_true", help="only rebuild the table and plot from --json")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of --json (same settings) and train only the points it lacks")
+    ap.add_argument("--from-json", type=Path, nargs="+", default=None,
+                    help="only rebuild the table and plot from these reports (e.g. one per IPC, run apart)")
     args = ap.parse_args()
 
     train = {k: v for k, v in (("epochs", args.epochs), ("width", args.width)) if v is not None}
     s = DemoSettings.from_preset(args.preset, seeds=args.seeds, train=train)
     if args.from_json:
-        report = json.loads(args.json.read_text())
+        report = _merged([json.loads(path.read_text()) for path in args.from_json])
     else:
         report = run(args, s)
     table = markdown(report["rows"], [f"Accuracy against bytes on Fashion-MNIST (`python benchmarks/frontier.py "
                                       f"--ipc {' '.join(map(str, report['ipcs']))}`), {report['seconds']:.0f} s", "",
-                                      "Settings: " + ", ".join(report["settings"])])
+                                      "Settings: " + ", ".join(_shared(report["settings"]))])
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")
     plot(report["rows"], args.png)
     print(f"wrote {args.out} and {args.png} (drawn with Pillow)")
+
+
+def _merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs with the same settings (their seconds add up)."""
+    if any(r["settings"] != reports[0]["settings"] for r in reports):
+        raise SystemExit("the reports were made with different settings")
+    return {"settings": reports[0]["settings"], "ipcs": sorted({i for r in reports for i in r["ipcs"]}),
+            "rows": [row for r in reports for row in r["rows"]], "seconds": sum(r["seconds"] for r in reports)}
+
+
+def _shared(settings: list[str]) -> list[str]:
+    """The settings every point shares (IPC and encoding are set per point)."""
+    return [line for line in settings if not line.startswith(("ipc ", "encoding "))]
 
 
 def _test_subset(source: SourceDataset, count: int | None) -> SourceDataset:
@@ -233,7 +275,11 @@ def run(args: argparse.Namespace, s: DemoSettings) -> dict[str, Any]:
     source = _test_subset(fashion_mnist(), args.test_images)
     print(f"test images: {len(source.test_labels)}")
     labeler = train_labeler(source, **s.labeler, out_dir=args.work / "labeler", progress=False)
-    report = {"settings": [*s.describe(), f"test images {len(source.test_labels)}"], "ipcs": args.ipc, "rows": [], "seconds": 0.0}
+    report = {"settings": [*s.describe(), f"test images {len(source.test_labels)}"], "ipcs": args.ipc, "rows": [],
+              "seconds": 0.0}
+    if args.resume and args.json.exists():
+        report = _merged([json.loads(args.json.read_text()), {**report, "rows": []}])
+        started -= report["seconds"]
     args.json.parent.mkdir(parents=True, exist_ok=True)
 
     def record(row: dict) -> None:
@@ -245,7 +291,7 @@ def run(args: argparse.Namespace, s: DemoSettings) -> dict[str, Any]:
               f"± {100 * row['accuracy_std']:.2f}", flush=True)
 
     for ipc in args.ipc:
-        frontier(ipc, source, labeler, s, args.work, record)
+        frontier(ipc, source, labeler, s, args.work, record, {_key(r) for r in report["rows"]})
     return report
 
 
