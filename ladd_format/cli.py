@@ -172,7 +172,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     sampler = UniformSampler(args.n, args.ratio)
     teacher_options = dict(num_classes=args.num_classes, input_size=args.input_size, mean=args.labeler_mean,
                            std=args.labeler_std)
-    rank_device = init_from_env()  # under torchrun: join the group, one GPU per local rank
+    rank_device = init_from_env(device=args.device)  # under torchrun: join the group, one GPU per local rank
     device = args.device or rank_device
     labeler = load_teacher(spec, weights=args.weights, device=device, **teacher_options)
     with contextlib.ExitStack() as stack:
@@ -218,7 +218,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .distributed import init_from_env, rank_world
     from .train import check_models, check_test_set, cross_architecture
 
-    rank_device = init_from_env()  # under torchrun: join the group, one GPU per local rank
+    rank_device = init_from_env(device=args.device)  # under torchrun: join the group, one GPU per local rank
     models = tuple(m.strip() for m in args.model.split(",") if m.strip())
     with open_container(args.path) as ds:
         source = _test_source(args, ds)

@@ -48,22 +48,24 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_env(timeout_s: float = 1800) -> torch.device | None:
+def init_from_env(timeout_s: float = 1800, device: str | torch.device | None = None) -> torch.device | None:
     """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1):
-    NCCL with one GPU per local rank where CUDA is available, gloo otherwise. Returns the
-    rank's device, or ``None`` outside ``torchrun``. SIGTERM (what ``torchrun`` sends the
-    other ranks when one fails) becomes an exception, so that stages are cleaned up."""
+    NCCL with one GPU per local rank where CUDA is available, gloo otherwise or when ``device``
+    is a CPU (the collectives must run where the tensors are). Returns the rank's device, or
+    ``None`` outside ``torchrun``. SIGTERM (what ``torchrun`` sends the other ranks when one
+    fails) becomes an exception, so that stages are cleaned up."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     signal.signal(signal.SIGTERM, _terminate)
-    device = None
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
+    rank_device = torch.device("cpu")
+    wanted = torch.device(device).type if device is not None else None
+    if torch.cuda.is_available() and wanted in (None, "cuda"):
+        rank_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(rank_device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device is not None else "gloo",
+        dist.init_process_group("nccl" if rank_device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    return device if device is not None else torch.device("cpu")
+    return rank_device
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -239,3 +239,24 @@ def test_torchrun_runs_ladd_train_data_parallel(tmp_path):
     two = _torchrun(_ladd_train(tmp_path, "--parallel", "data"))
     assert two.stdout.count("test accuracy") == 1 and two.stdout.count("convnet") == 1
     assert "(2 ranks, --parallel data)" in two.stdout
+
+
+@pytest.mark.parametrize("device, backend", [(None, "nccl"), ("cuda", "nccl"), ("cpu", "gloo")])
+def test_the_backend_follows_the_device(monkeypatch, device, backend):
+    """On a CUDA machine ranks join NCCL with one GPU each, unless the run asks for the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    from ladd_format import distributed
+
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda name, **kw: joined.append(name))
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    rank_device = distributed.init_from_env(device=device)
+    assert joined == [backend]
+    assert rank_device == (torch.device("cpu") if backend == "gloo" else torch.device("cuda", 1))
