@@ -119,7 +119,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, format_table, run_demo
 
     preset = "paper" if args.full else args.preset
-    settings = DemoSettings.from_preset(preset, ipc=args.ipc, seeds=args.seeds,
+    settings = DemoSettings.from_preset(preset, ipc=args.ipc, seeds=args.seeds, images=args.images,
+                                        dm_iterations=args.dm_iterations,
                                         train={"epochs": args.epochs} if args.epochs else None)
     print(f"ladd demo on Fashion-MNIST, preset {preset!r} ({_preset_text(preset)}):")
     for line in settings.describe():
@@ -317,6 +318,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=positive_int, default=3,
                    help="trainings per method, trained together (default 3; the table shows mean +/- std)")
     s.add_argument("--epochs", type=positive_int, help="epochs per test-model training (default: the preset's)")
+    s.add_argument("--images", choices=("random-real", "dm"), default="random-real",
+                   help="the distilled images: a seeded random-real draw (default) or Distribution Matching")
+    s.add_argument("--dm-iterations", type=positive_int, default=150,
+                   help="DM iterations with --images dm (default 150; the paper: 20,000)")
     s.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available)")
     s.set_defaults(func=_cmd_demo)
 

@@ -1,7 +1,8 @@
 """``ladd demo``: real data -> distilled set -> labeler -> container -> test models -> table.
 
 On Fashion-MNIST: a seeded random-real selection of IPC + 1 images per class (IPC for the
-baseline and LADD, all IPC + 1 for baseline++, so the sets are nested), a ConvNet labeler,
+baseline and LADD, all IPC + 1 for baseline++, so the sets are nested), or with ``images="dm"``
+sets of IPC and IPC + 1 images per class distilled by Distribution Matching, a ConvNet labeler,
 dense labels for every crop, a LADD container, and one ConvNet per method and seed (3 seeds
 by default, trained together as one batched computation), each tested on the 10,000 real test
 images; the table gives mean +/- std over the seeds.
@@ -23,11 +24,16 @@ import torch
 
 from ._read import LaddDataset
 from ._read import open as open_container
+from .distill import distill_dm
 from .errors import InvalidInputError
 from .labeler import Labeler, augment, train_labeler
 from .presets import get_preset
 from .sources import SourceDataset, fashion_mnist, random_real
 from .train import cross_architecture
+
+
+IMAGE_SETS = ("random-real", "dm")
+"""The demo's distilled images: a seeded random-real draw, or Distribution Matching (:mod:`ladd_format.distill`)."""
 
 
 @dataclass(frozen=True)
@@ -41,23 +47,32 @@ class DemoSettings:
     labeler: Mapping[str, Any] = field(default_factory=dict)  # train_labeler keywords
     train: Mapping[str, Any] = field(default_factory=dict)    # train keywords
     encoding: str | None = None  # dense-label encoding of the containers (None: the writer's default)
+    images: str = "random-real"  # the distilled images: "random-real" or "dm" (Distribution Matching)
+    dm_iterations: int = 150     # DM iterations (the paper: 20,000)
 
     @classmethod
     def from_preset(cls, preset: str = "cpu", *, ipc: int = 10, seeds: int = 3, encoding: str | None = None,
-                    labeler: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None) -> DemoSettings:
+                    labeler: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
+                    images: str = "random-real", dm_iterations: int = 150) -> DemoSettings:
         """The preset's settings with ``labeler`` / ``train`` keywords overriding them."""
+        if images not in IMAGE_SETS:
+            raise InvalidInputError(f"images must be one of {IMAGE_SETS}, got {images!r}")
+        if isinstance(dm_iterations, bool) or not isinstance(dm_iterations, int) or dm_iterations < 0:
+            raise InvalidInputError(f"dm_iterations must be an integer >= 0, got {dm_iterations!r}")
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
             raise InvalidInputError(f"ipc must be an integer >= 1, got {ipc!r}")
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise InvalidInputError(f"seeds must be an integer >= 1, got {seeds!r}")
         chosen = get_preset(preset)
-        return cls(ipc=ipc, seeds=seeds, preset=chosen.name, encoding=encoding,
+        return cls(ipc=ipc, seeds=seeds, preset=chosen.name, encoding=encoding, images=images,
+                   dm_iterations=dm_iterations,
                    labeler={**chosen.labeler, **(labeler or {})},
                    train={**_TRAIN_DEFAULTS, **chosen.train, **(train or {})})
 
     def describe(self) -> list[str]:
         """One line per setting, as the demo prints them."""
-        lines = [f"ipc {self.ipc}", f"seeds {self.seeds}", f"encoding {self.encoding or 'uint8 (default)'}"]
+        lines = [f"ipc {self.ipc}", f"seeds {self.seeds}", f"encoding {self.encoding or 'uint8 (default)'}",
+                 f"images {self.images}" + (f" ({self.dm_iterations} iterations)" if self.images == "dm" else "")]
         lines += [f"labeler.{k} {v}" for k, v in self.labeler.items()]
         lines += [f"train.{k} {v}" for k, v in self.train.items()]
         return lines
@@ -104,17 +119,11 @@ def compare(out: Path, source: SourceDataset, labeler: Labeler, s: DemoSettings,
     Writes the IPC and IPC + 1 containers into ``out``; returns the table rows and the LADD
     container's path. Every method trains ``s.seeds`` fresh models of ``model``, together.
     """
-    images, labels, index = random_real(source, s.ipc + 1, seed=0)
-    first = np.concatenate([np.flatnonzero(labels == c)[: s.ipc] for c in range(source.num_classes)])
-    provenance = {"method": "random-real", "source_dataset": source.name,
-                  "details": {"seed": 0, "note": "real train images chosen at random, not distilled"}}
     paths = {}
-    for ipc, subset in ((s.ipc, first), (s.ipc + 1, np.arange(len(labels)))):
-        details = {**provenance["details"], "train_indices": index[subset].tolist()}
-        paths[ipc] = augment(out / f"{source.name}_ipc{ipc}.ladd", images[subset], labels[subset], labeler,
-                             distillation={**provenance, "ipc": ipc, "details": details},
-                             class_names=list(source.class_names), encoding=s.encoding, overwrite=True,
-                             progress=progress)
+    for ipc, (images, labels, provenance) in _image_sets(source, s, device, progress).items():
+        paths[ipc] = augment(out / f"{source.name}_ipc{ipc}.ladd", images, labels, labeler,
+                             distillation=provenance, class_names=list(source.class_names), encoding=s.encoding,
+                             overwrite=True, progress=progress)
     runs = {"baseline": (paths[s.ipc], "hard"), "baseline++": (paths[s.ipc + 1], "hard"),
             "LADD": (paths[s.ipc], "ladd")}
     rows = []
@@ -125,6 +134,29 @@ def compare(out: Path, source: SourceDataset, labeler: Labeler, s: DemoSettings,
     for row in rows:
         row["overhead_percent"] = 100.0 * (row["bytes"] - rows[0]["bytes"]) / rows[0]["bytes"]
     return rows, paths[s.ipc]
+
+
+def _image_sets(source: SourceDataset, s: DemoSettings, device: str | torch.device | None,
+                progress: bool) -> dict[int, tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """The distilled sets at IPC and IPC + 1: (images, labels, provenance) each. Random-real
+    sets are nested (the IPC set is the first IPC images of each class of the IPC + 1 draw);
+    DM distils each set on its own (its images depend on how many share a class)."""
+    if s.images == "dm":
+        sets = {}
+        for ipc in (s.ipc, s.ipc + 1):
+            d = distill_dm(source, ipc, iterations=s.dm_iterations, batch_real=64, width=s.train.get("width"),
+                           seed=0, device=device, progress=progress)
+            sets[ipc] = (d.images, d.labels, d.distillation)
+        return sets
+    images, labels, index = random_real(source, s.ipc + 1, seed=0)
+    first = np.concatenate([np.flatnonzero(labels == c)[: s.ipc] for c in range(source.num_classes)])
+    sets = {}
+    for ipc, subset in ((s.ipc, first), (s.ipc + 1, np.arange(len(labels)))):
+        details = {"seed": 0, "note": "real train images chosen at random, not distilled",
+                   "train_indices": index[subset].tolist()}
+        sets[ipc] = (images[subset], labels[subset], {"method": "random-real", "source_dataset": source.name,
+                                                      "ipc": ipc, "details": details})
+    return sets
 
 
 def measure(ds: LaddDataset, source: SourceDataset, s: DemoSettings, mode: str, *, model: str = "convnet",

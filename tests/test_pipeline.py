@@ -153,6 +153,21 @@ def test_demo_runs_and_its_container_validates(source, tmp_path):
         assert name in table
 
 
+def test_demo_on_dm_images_says_distilled(source, tmp_path):
+    """--images dm: both sets distilled by DM (not nested), recorded as such, the table as usual."""
+    settings = DemoSettings.from_preset("cpu", ipc=1, seeds=1, images="dm", dm_iterations=2,
+                                        labeler={"width": 8, "epochs": 1, "train_images": 200},
+                                        train={"width": 8, "epochs": 1})
+    assert "images dm (2 iterations)" in settings.describe()
+    report = run_demo(tmp_path / "demo", settings, source=source, progress=False)
+    assert [r["ipc"] for r in report["rows"]] == [1, 2, 1]
+    with ladd_format.open(report["container"]) as ds:
+        assert ds.manifest.distillation.method == "dm" and ds.manifest.distillation.details["iterations"] == 2
+    for bad in ({"images": "random"}, {"dm_iterations": -1}, {"dm_iterations": 1.5}):
+        with pytest.raises(ladd_format.InvalidInputError):
+            DemoSettings.from_preset("cpu", **bad)
+
+
 def test_show_draws_image_and_crops(labeler, source, tmp_path):
     lab, _ = labeler
     images, labels, _ = sources.random_real(source, ipc=1, seed=0)
