@@ -91,12 +91,12 @@ def _bytes(path: Path, dense: bool) -> int:
 
 
 def frontier(ipc: int, source: SourceDataset, labeler: Labeler, s: DemoSettings, out: Path,
-             record: Any, done: set[tuple]) -> None:
+             record: Any, done: set[tuple], encodings: list[tuple[str, dict | None]]) -> None:
     """LADD at every encoding and the hard-label curve from ``ipc`` until its bytes pass the
     largest LADD container. All containers are written first; training then takes the first
     ``FIRST`` encodings, then every other point from the fewest bytes up, so that a run cut
     short keeps what decides the comparison. Points in ``done`` (from a resumed report) are skipped."""
-    ladd = [(encoding_label(e, p), _container(out, ipc, source, labeler, e, p)) for e, p in ENCODINGS]
+    ladd = [(encoding_label(e, p), _container(out, ipc, source, labeler, e, p)) for e, p in encodings]
     with_dense = max(_bytes(path, dense=True) for _, path in ladd)
     hard = [_container(out, ipc, source, labeler, "uint8", None)]
     while _bytes(hard[-1], dense=False) <= with_dense:
@@ -223,6 +223,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/frontier.json"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier.md"))
     ap.add_argument("--png", type=Path, default=Path("benchmarks/results/frontier.png"))
+    ap.add_argument("--encodings", nargs="+", default=None, metavar="LABEL",
+                    help="only these LADD points, named as in the table (e.g. uint8 'topk k=1 smoothing')")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows of --json (same settings) and train only the points it lacks")
     ap.add_argument("--from-json", type=Path, nargs="+", default=None,
@@ -235,8 +237,8 @@ def main() -> None:
         report = _merged([json.loads(path.read_text()) for path in args.from_json])
     else:
         report = run(args, s)
-    table = markdown(report["rows"], [f"Accuracy against bytes on Fashion-MNIST (`python benchmarks/frontier.py "
-                                      f"--ipc {' '.join(map(str, report['ipcs']))}`), {report['seconds']:.0f} s", "",
+    table = markdown(report["rows"], [f"Accuracy against bytes on Fashion-MNIST (`benchmarks/frontier.py`), IPC "
+                                      f"{', '.join(map(str, report['ipcs']))}: {report['seconds']:.0f} s", "",
                                       "Settings: " + ", ".join(_shared(report["settings"]))])
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +273,10 @@ def _test_subset(source: SourceDataset, count: int | None) -> SourceDataset:
 def run(args: argparse.Namespace, s: DemoSettings) -> dict[str, Any]:
     """Train every point; the report (also saved to ``args.json`` after every row)."""
     print("settings:", "; ".join(s.describe()))
+    encodings = [(e, p) for e, p in ENCODINGS if args.encodings is None or encoding_label(e, p) in args.encodings]
+    if args.encodings is not None and len(encodings) != len(set(args.encodings)):
+        raise SystemExit(f"unknown encoding label among {args.encodings}; known: "
+                         f"{', '.join(encoding_label(e, p) for e, p in ENCODINGS)}")
     started = time.perf_counter()
     source = _test_subset(fashion_mnist(), args.test_images)
     print(f"test images: {len(source.test_labels)}")
@@ -291,7 +297,7 @@ def run(args: argparse.Namespace, s: DemoSettings) -> dict[str, Any]:
               f"± {100 * row['accuracy_std']:.2f}", flush=True)
 
     for ipc in args.ipc:
-        frontier(ipc, source, labeler, s, args.work, record, {_key(r) for r in report["rows"]})
+        frontier(ipc, source, labeler, s, args.work, record, {_key(r) for r in report["rows"]}, encodings)
     return report
 
 
