@@ -249,15 +249,16 @@ def main() -> None:
 
 def _merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """One report from several runs with the same settings (their seconds add up)."""
-    if any(r["settings"] != reports[0]["settings"] for r in reports):
+    if any(_shared(r["settings"]) != _shared(reports[0]["settings"]) for r in reports):
         raise SystemExit("the reports were made with different settings")
-    return {"settings": reports[0]["settings"], "ipcs": sorted({i for r in reports for i in r["ipcs"]}),
+    return {"settings": _shared(reports[0]["settings"]), "ipcs": sorted({i for r in reports for i in r["ipcs"]}),
             "rows": [row for r in reports for row in r["rows"]], "seconds": sum(r["seconds"] for r in reports)}
 
 
 def _shared(settings: list[str]) -> list[str]:
-    """The settings every point shares (IPC and encoding are set per point)."""
-    return [line for line in settings if not line.startswith(("ipc ", "encoding "))]
+    """The settings every point shares: IPC and encoding are set per point, and the images are
+    random-real here whatever the demo's setting (newer demos list it)."""
+    return [line for line in settings if not line.startswith(("ipc ", "encoding ", "images "))]
 
 
 def _test_subset(source: SourceDataset, count: int | None) -> SourceDataset:
