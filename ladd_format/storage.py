@@ -180,7 +180,7 @@ def _cmd_overhead(args: argparse.Namespace) -> int:
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    params = {"k": args.k, "rule": args.rule} if args.encoding == "topk" else None
+    params = {"topk": {"k": args.k, "rule": args.rule}, "coarse": {"scale": args.scale}}.get(args.encoding)
     compression = None if args.compression == "none" else args.compression
     out = reencode(args.source, args.target, args.encoding, encoding_params=params, compression=compression,
                    overwrite=args.overwrite)
@@ -201,6 +201,8 @@ def register_cli(subparsers: Any) -> None:
     s.add_argument("--encoding", required=True, choices=NAMES)
     s.add_argument("--k", type=positive_int, default=5, help="topk: classes kept per crop")
     s.add_argument("--rule", default="smoothing", choices=TOPK_RULES, help="topk: how the rest of the mass decodes")
+    s.add_argument("--scale", type=positive_int, default=15,
+                   help="coarse: each crop's label in steps of 1/scale (1 to 254, default 15)")
     s.add_argument("--compression", default="zstd", choices=["zstd", "gzip", "none"],
                    help="chunk codec of the new container, for every array: none stores the images "
                         "uncompressed too")

@@ -230,6 +230,8 @@ CASES = [
     ("pack-exists", lambda f, o: ["pack", f.example, f.zip], {1}, "--overwrite"),
     # encode
     ("encode-bogus", lambda f, o: ["encode", f.example, f"{o}/enc.ladd", "--encoding", "bogus"], {2}, "--encoding"),
+    ("encode-scale-255", lambda f, o: ["encode", f.example, f"{o}/enc.ladd", "--encoding", "coarse", "--scale", "255"],
+     {1}, "scale"),
     ("encode-k-0", lambda f, o: ["encode", f.example, f"{o}/enc.ladd", "--encoding", "topk", "--k", "0"], {2},
      "--k"),
     # the top level

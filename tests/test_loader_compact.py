@@ -33,6 +33,7 @@ CASES = {
     "uint16": {"encoding": "uint16"},
     "top3-smoothing": {"encoding": "topk", "encoding_params": {"k": 3, "rule": "smoothing"}},
     "top3-renorm": {"encoding": "topk", "encoding_params": {"k": 3, "rule": "renorm"}},
+    "coarse15": {"encoding": "coarse", "encoding_params": {"scale": 15}},
     "logits-T2": {"encoding": "float32", "values": "logits", "temperature": 2.0},
     "logits-float16-T2": {"encoding": "float16", "values": "logits", "temperature": 2.0},
 }

@@ -106,5 +106,8 @@ def test_cli_overhead_and_encode(paper_geometry, tmp_path, capsys):
                  "--compression", "none"]) == 0
     with ladd_format.open(out) as ds:
         assert ds.manifest.dense_labels.encoding == "uint8"
+    assert _cli(["encode", str(paper_geometry), str(out), "--encoding", "coarse", "--scale", "7", "--overwrite"]) == 0
+    with ladd_format.open(out) as ds:
+        assert ds.manifest.dense_labels.params == {"scale": 7} and ds.manifest.format_version == "1.4"
     with pytest.raises(SystemExit):
         _cli(["encode", str(paper_geometry), str(out), "--encoding", "int4"])
