@@ -52,3 +52,16 @@ def synthetic_source(train: int, test: int):
     proto = rng.integers(0, 256, (10, 28, 28, 1))
     images = np.clip(proto[labels] + rng.normal(0, 40, (train + test, 28, 28, 1)), 0, 255).astype(np.uint8)
     return sources.from_arrays("synthetic", images[:train], labels[:train], images[train:], labels[train:])
+
+
+def write_idx_folder(folder: Path, train: int, test: int) -> Path:
+    """A 10-class, 28 px grayscale source as the four Fashion-MNIST IDX files (seeded noise)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for stem, array in {"train-images-idx3-ubyte": rng.integers(0, 256, (train, 28, 28)),
+                        "train-labels-idx1-ubyte": np.arange(train) % 10,
+                        "t10k-images-idx3-ubyte": rng.integers(0, 256, (test, 28, 28)),
+                        "t10k-labels-idx1-ubyte": np.arange(test) % 10}.items():
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+        (folder / stem).write_bytes(header + array.astype(np.uint8).tobytes())
+    return folder

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import ladd_format
+from _helpers import write_idx_folder
 from ladd_format._store import sweep
 
 CHILD = str(Path(__file__).with_name("_dist_child.py"))
@@ -188,17 +189,6 @@ def test_two_ranks_fill_the_grid_of_one_process(small):
     assert one.shape == (2, 2) and torch.equal(two[0], one) and torch.equal(two[1], one)
 
 
-def _idx_folder(folder: Path) -> Path:
-    """A 10-class, 28 px grayscale source in IDX files (the test split for ladd train)."""
-    rng = np.random.default_rng(0)
-    folder.mkdir()
-    for stem, array in {"train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
-                        "train-labels-idx1-ubyte": np.arange(20) % 10,
-                        "t10k-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)),
-                        "t10k-labels-idx1-ubyte": np.arange(30) % 10}.items():
-        header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-        (folder / stem).write_bytes(header + array.astype(np.uint8).tobytes())
-    return folder
 
 
 def _ladd_train(tmp_path: Path, *options: str) -> list[str]:
@@ -208,7 +198,7 @@ def _ladd_train(tmp_path: Path, *options: str) -> list[str]:
     source = tmp_path / "src.ladd"
     if not source.exists():
         write_example(source, num_classes=10, ipc=2, size=28, channels=1)
-        _idx_folder(tmp_path / "idx")
+        write_idx_folder(tmp_path / "idx", 20, 30)
     return ["train", str(source), "--test-source", str(tmp_path / "idx"), "--source-name", "fake-idx",
             "--epochs", "1", "--width", "8", "--crops", "3", "--batch-size", "8", "--device", "cpu", *options]
 

@@ -23,7 +23,7 @@ from ladd_format.sampler import UniformSampler
 from ladd_format.show import render
 from ladd_format.train import MODES, cross_architecture, evaluate, ladd_loss, train
 
-from _helpers import synthetic_source
+from _helpers import synthetic_source, write_idx_folder
 
 
 @pytest.fixture(scope="module")
@@ -183,15 +183,7 @@ def test_show_draws_image_and_crops(labeler, source, tmp_path):
 
 
 def test_cli_pipeline(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "fm"
-    folder.mkdir()
-    for stem, array in {"train-images-idx3-ubyte": rng.integers(0, 256, (60, 28, 28)),
-                        "train-labels-idx1-ubyte": np.arange(60) % 10,
-                        "t10k-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
-                        "t10k-labels-idx1-ubyte": np.arange(20) % 10}.items():
-        header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-        (folder / stem).write_bytes(header + array.astype(np.uint8).tobytes())
+    folder = write_idx_folder(tmp_path / "fm", 60, 20)
     assert cli(["train-labeler", "--source", str(folder), "--source-name", "fake-idx", "--out", str(tmp_path / "lab"), "--epochs", "1",
                 "--width", "8"]) == 0
     out = tmp_path / "a.ladd"
