@@ -316,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true", help="same as --preset paper (meant for a GPU)")
     s.add_argument("--ipc", type=positive_int, default=10, help="images per class (default 10)")
     s.add_argument("--seeds", type=positive_int, default=3,
-                   help="trainings per method, trained together (default 3; the table shows mean +/- std)")
+                   help="trainings per method, over one upload (default 3; the table shows mean +/- std)")
     s.add_argument("--epochs", type=positive_int, help="epochs per test-model training (default: the preset's)")
     s.add_argument("--images", choices=("random-real", "dm"), default="random-real",
                    help="the distilled images: a seeded random-real draw (default) or Distribution Matching")
@@ -370,9 +370,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="convnet", help="comma-separated: convnet,alexnet,vgg11,resnet18,vit")
     s.add_argument("--preset", choices=presets, help="cpu or paper: fills --epochs, --width, --crops")
     s.add_argument("--seeds", type=positive_int, default=1,
-                   help="trainings per model; the seeds of a model train together as one batched computation")
+                   help="trainings per model, over one upload; on CUDA the seeds of a model train as one grouped network")
     s.add_argument("--one-by-one", action="store_true",
-                   help="train the seeds one after another instead (the same results up to float rounding)")
+                   help="one train() call per seed, each with its own upload (the same results; on CUDA up to float rounding)")
     s.add_argument("--epochs", type=positive_int, help="default 300")
     s.add_argument("--lr", type=positive_float, default=0.01)
     s.add_argument("--batch-size", type=positive_int, default=256)

@@ -4,8 +4,8 @@ On Fashion-MNIST: a seeded random-real selection of IPC + 1 images per class (IP
 baseline and LADD, all IPC + 1 for baseline++, so the sets are nested), or with ``images="dm"``
 sets of IPC and IPC + 1 images per class distilled by Distribution Matching, a ConvNet labeler,
 dense labels for every crop, a LADD container, and one ConvNet per method and seed (3 seeds
-by default, trained together as one batched computation), each tested on the 10,000 real test
-images; the table gives mean +/- std over the seeds.
+by default, trained over one upload with :func:`~ladd_format.train.train_seeds`), each tested
+on the 10,000 real test images; the table gives mean +/- std over the seeds.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def compare(out: Path, source: SourceDataset, labeler: Labeler, s: DemoSettings,
     """Baseline (IPC, hard), baseline++ (IPC + 1, hard) and LADD (IPC, dense) at ``s.ipc``.
 
     Writes the IPC and IPC + 1 containers into ``out``; returns the table rows and the LADD
-    container's path. Every method trains ``s.seeds`` fresh models of ``model``, together.
+    container's path. Every method trains ``s.seeds`` fresh models of ``model`` (:func:`~ladd_format.train.train_seeds`).
     """
     paths = {}
     for ipc, (images, labels, provenance) in _image_sets(source, s, device, progress).items():
@@ -161,7 +161,7 @@ def _image_sets(source: SourceDataset, s: DemoSettings, device: str | torch.devi
 
 def measure(ds: LaddDataset, source: SourceDataset, s: DemoSettings, mode: str, *, model: str = "convnet",
             device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train ``s.seeds`` models on ``ds`` in ``mode`` (together); their accuracy on the source's test
+    """Train ``s.seeds`` models on ``ds`` in ``mode`` (:func:`~ladd_format.train.train_seeds`); their accuracy on the source's test
     split and the bytes the method uses (images + labels, plus every dense-label array for LADD)."""
     row = cross_architecture(ds, source.test_images, source.test_labels, models=(model,), seeds=s.seeds,
                              mode=mode, together=True, **s.train, device=device, progress=progress)[0]
