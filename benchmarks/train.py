@@ -75,6 +75,9 @@ from ladd_format.labeler import augment, train_labeler  # noqa: E402
 from ladd_format.models import build_model  # noqa: E402
 from ladd_format.sources import fashion_mnist, from_arrays, random_real  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loader import _device_name, _sync  # noqa: E402  (benchmarks/loader.py)
+
 MiB = 1 << 20
 MODELS = {32: "convnetd3", 128: "convnetd5"}
 BATCH = 256
@@ -107,23 +110,6 @@ def _reset_peaks(device: torch.device) -> bool:
         return True
     except OSError:
         return False
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _cores() -> int:
