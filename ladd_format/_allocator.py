@@ -11,8 +11,6 @@ mapped: the step took 0.97 s instead of 1.8 s with no kernel time, for a peak RS
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -39,10 +37,12 @@ def keep_freed_memory() -> bool:
 
 
 def _mallopt():
-    """glibc's ``mallopt``, or ``None`` where the C library has none."""
+    """glibc's ``mallopt`` from the running process's symbols, or ``None`` where the C library
+    has none (ctypes is imported here, not when ``ladd_format`` is)."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallopt
+        fn = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return None
     fn.argtypes, fn.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
