@@ -35,6 +35,12 @@ from .sampler import UniformSampler
 from .sources import MAX_BYTES, SourceDataset
 
 LABELER_EPOCHS = 10
+AUGMENTATIONS = ("none", "crops", "crops+flip")
+"""Labeler training augmentations: none (whole images), random resized crops, and those plus a
+random horizontal flip (only for sources whose classes survive mirroring, e.g. Fashion-MNIST)."""
+CROP_SCALES = tuple(0.5 + k / 16 for k in range(9))
+"""Side fractions of the random crops: 0.5 to 1.0 in steps of 1/16, the grid's 0.625 among them
+and the whole image (1.0) one draw in nine."""
 _MAX_META_BYTES = 1 << 20
 """A labeler's JSON description holds a few settings; anything larger is refused unread."""
 
@@ -187,7 +193,8 @@ def train_labeler(
     lr: float = 0.01, batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
     width: int | None = None, depth: int | None = None, train_images: int | None = None,
     preset: str | Preset | None = None, out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
-    reuse: bool = True, device: str | torch.device | None = None, progress: bool = True,
+    reuse: bool = True, device: str | torch.device | None = None, augmentation: str | None = None,
+    amp: bool = True, cpu_amp: bool = False, progress: bool = True,
 ) -> Labeler:
     """Train a labeler from scratch on the source's train split (SGD, lr 0.01, batch 256).
 
@@ -197,10 +204,24 @@ def train_labeler(
     With ``reuse`` a finished last checkpoint there that was trained with exactly these
     settings (its JSON says so and its digest matches) is loaded instead of training again;
     ``labeler.reused`` tells which happened.
+
+    ``augmentation`` (default: the preset's, else ``"none"``) is one of :data:`AUGMENTATIONS`:
+    ``"crops"`` replaces each training image by a random resized crop (:class:`_RandomCrops`),
+    so that the labeler learns to label crops like the grid's; ``"crops+flip"`` adds a random
+    horizontal flip. ``amp`` trains under bfloat16 autocast on CUDA, ``cpu_amp`` on a CPU too
+    (where it pays only with bfloat16 units, see :func:`ladd_format.demo._cpu_bf16_units`), as
+    :func:`ladd_format.train.train` does. Both are recorded in ``config.training``.
     """
-    knobs = resolve(preset, "labeler", {"epochs": epochs, "width": width, "train_images": train_images},
-                    {"epochs": LABELER_EPOCHS, "width": None, "train_images": None})
+    knobs = resolve(preset, "labeler", {"epochs": epochs, "width": width, "train_images": train_images,
+                                        "augmentation": augmentation},
+                    {"epochs": LABELER_EPOCHS, "width": None, "train_images": None, "augmentation": "none"})
     epochs, width, train_images = knobs["epochs"], knobs["width"], knobs["train_images"]
+    augmentation = knobs["augmentation"]
+    if not isinstance(augmentation, str) or augmentation not in AUGMENTATIONS:
+        raise InvalidInputError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
+    for name, value in (("amp", amp), ("cpu_amp", cpu_amp)):
+        if not isinstance(value, bool):
+            raise InvalidInputError(f"{name} must be True or False, got {value!r}")
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise InvalidInputError(f"epochs and batch_size must be >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     if train_images is not None and train_images < 1:
@@ -214,18 +235,20 @@ def train_labeler(
     if train_images is not None and train_images < len(index):
         index = np.sort(rng.permutation(index)[:train_images])
     h, w, c = source.image_shape
+    dev = resolve_device(device)
+    use_amp = amp and (dev.type == "cuda" or (dev.type == "cpu" and cpu_amp))
+    crops = _RandomCrops(flip=augmentation == "crops+flip") if augmentation != "none" else None
     config = LabelerConfig(
         architecture=architecture, in_channels=c, num_classes=source.num_classes, image_size=(h, w),
         width=width, depth=depth, mean=source.mean, std=source.std, source_dataset=source.name,
         training={"optimizer": "sgd", "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                   "batch_size": batch_size, "train_images": int(len(index)), "seed": seed,
-                  "augmentation": "none"})
+                  "augmentation": crops.describe() if crops else "none", "amp": use_amp})
     last = Path(out_dir) / f"epoch_{epochs:02d}.pt" if out_dir is not None else None
     if reuse and last is not None:
         found = _finished(last, config, epochs, device)
         if found is not None:
             return found
-    dev = resolve_device(device)
     torch.manual_seed(seed)
     model = _build(config).to(dev)
     images = torch.from_numpy(source.train_images[index]).permute(0, 3, 1, 2).contiguous()
@@ -233,13 +256,17 @@ def train_labeler(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     labeler = Labeler(model, config, 0)
     bar = tqdm(total=epochs * len(index), desc="labeler", unit="img", disable=not progress)
+    draws = torch.Generator().manual_seed(seed)  # the crops' draws; the batch order has its own
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(index), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            x = normalise(images[batch].to(dev), source.mean, source.std)
-            loss = F.cross_entropy(model(x), labels[batch].to(dev))
+            pixels = images[batch].to(dev)
+            x = normalise(crops(pixels, draws) if crops else pixels, source.mean, source.std)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), labels[batch].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -251,6 +278,41 @@ def train_labeler(
     bar.close()
     model.eval()
     return labeler
+
+
+class _RandomCrops:
+    """Random resized crops for labeler training, a batch at a time on its device.
+
+    Each image draws a side fraction from :data:`CROP_SCALES` and a position on the n x n grid
+    at that fraction, and is replaced by that crop resized back to the image size by the
+    sampler's one crop function (:meth:`UniformSampler.crops_at`): at 0.625 these are exactly
+    the crops the labeler will label. One rendering call per fraction, whatever the batch size.
+    """
+
+    def __init__(self, *, flip: bool, n: int = 5) -> None:
+        self.flip = flip
+        self.samplers = [UniformSampler(n, scale) for scale in CROP_SCALES]
+
+    def describe(self) -> dict[str, Any]:
+        """The parameters, for ``config.training`` (JSON types, so a reloaded config compares equal)."""
+        return {"name": "crops+flip" if self.flip else "crops", "scales": list(CROP_SCALES),
+                "grid": self.samplers[0].n, "flip": self.flip}
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Float 0..255 [B, C, H, W] crops of uint8 ``images`` [B, C, H, W]; draws from ``generator`` (CPU)."""
+        b, m = len(images), self.samplers[0].num_crops
+        scale = torch.randint(len(self.samplers), (b,), generator=generator)
+        position = torch.randint(m, (b,), generator=generator)
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+        for i, sampler in enumerate(self.samplers):
+            rows = (scale == i).nonzero().flatten()
+            crop, by_crop = position[rows].sort(stable=True)  # crops_at renders runs of one crop together
+            rows = rows[by_crop]
+            out[rows.to(images.device)] = sampler.crops_at(images, rows, crop)
+        if self.flip:
+            mirrored = torch.rand(b, generator=generator) < 0.5
+            out = torch.where(mirrored.view(-1, 1, 1, 1).to(images.device), out.flip(3), out)
+        return out
 
 
 def _finished(path: Path, config: LabelerConfig, epochs: int, device: str | torch.device | None) -> Labeler | None:
