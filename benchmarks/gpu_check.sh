@@ -1,15 +1,38 @@
 #!/usr/bin/env bash
-# GPU checks and GPU benchmarks in one short run: the CUDA tests of the crop function, loader
-# and trainer, the loader benchmark at 128 px, and the accuracy benchmark. Results go to $OUT
-# (default ./out/gpu). Needs torch with CUDA and the package importable; Fashion-MNIST via
-# LADD_DATA_DIR or the usual places.
+# GPU checks and GPU benchmarks in one bounded run (about 10 minutes on one H100/H200):
+#   1. the CUDA tests (crop function, loader, DSA, grouped seeds, fast path);
+#   2. benchmarks/train.py: the field's loop against the library, ConvNetD3 at 32 px and
+#      ConvNetD5 at 128 px, IPC 10 and 50, 5 seeds, with the fast-path switches one at a time;
+#   3. benchmarks/accuracy.py across the five architectures at IPC 10 (paper preset, shorter);
+#   4. torch.compile's row, last, since its compile time is the least predictable.
+# Each step has its own time limit (seconds, overridable) and writes as it goes, so a step cut
+# short keeps its rows. Arguments name the steps to run (default: all four, in order).
+# Results go to $OUT (default ./out/gpu). Needs torch with CUDA and the package importable;
+# Fashion-MNIST via LADD_DATA_DIR or the usual places.
 set -uo pipefail
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -c 'import torch; print("device:", torch.cuda.get_device_name(0), "torch", torch.__version__)' | tee "$OUT/device.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_sampler.py tests/test_loader.py tests/test_dsa.py \
-  tests/test_pipeline.py tests/test_models.py 2>&1 | tee "$OUT/tests.log" | tail -3
-python3 benchmarks/loader.py --size 128 --images 256 --device cuda --json "$OUT/loader.json" 2>&1 | tee "$OUT/loader.log"
-timeout "${ACCURACY_SECONDS:-330}" python3 benchmarks/accuracy.py --ipc 1 10 50 --seeds 3 --epochs 300 \
-  --device cuda --quiet --json "$OUT/accuracy.json" --markdown "$OUT/accuracy.md" 2>&1 | tee "$OUT/accuracy.log"
+STEPS=" ${*:-tests train architectures compile} "
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, say how it ended
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  [[ $STEPS == *" $name "* ]] || return 0
+  echo "== $name (limit ${limit} s)"
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "== $name: exit $? after $((SECONDS - start)) s"
+  tail -n "${TAIL:-25}" "$OUT/$name.log"
+}
+python3 -c 'import torch, ladd_format; print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__,
+"| cuda", torch.version.cuda, "| cudnn", torch.backends.cudnn.version())' | tee "$OUT/device.txt"
+step tests "${TESTS_SECONDS:-90}" python3 -m pytest -q -p no:cacheprovider -k "cuda or CUDA" \
+  tests/test_sampler.py tests/test_loader.py tests/test_dsa.py tests/test_loader_compact.py tests/test_seeds.py
+step train "${TRAIN_SECONDS:-280}" python3 benchmarks/train.py --device cuda --sizes 32,128 --ipc 10,50 --seeds 5 \
+  --epochs 300,100 --crops 5,0 --test-images 5000 --variants default,channels-last,separate,fp32 \
+  --json "$OUT/train.json" --out "$OUT/train.md"
+TAIL=12 step architectures "${ARCH_SECONDS:-140}" python3 benchmarks/accuracy.py --ipc 10 --seeds 3 \
+  --models convnet alexnet vgg11 resnet18 vit --epochs 300 --device cuda --quiet \
+  --json "$OUT/architectures.json" --markdown "$OUT/architectures.md"
+TAIL=8 step compile "${COMPILE_SECONDS:-100}" python3 benchmarks/train.py --device cuda --sizes 128 --ipc 10 \
+  --seeds 5 --epochs 100 --crops 0 --test-images 5000 --variants default,compile \
+  --json "$OUT/compile.json" --out "$OUT/compile.md"

@@ -81,6 +81,13 @@ from loader import _device_name, _sync  # noqa: E402  (benchmarks/loader.py)
 MiB = 1 << 20
 MODELS = {32: "convnetd3", 128: "convnetd5"}
 BATCH = 256
+# the library's rows: its defaults, then one fast-path switch changed at a time
+VARIANTS = {"default": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
+            "separate": {"together": False}, "fp32": {"amp": False}}
+
+
+def _side(variant: str) -> str:
+    return "library" if variant == "default" else f"library {variant}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -214,9 +221,11 @@ def run_field(ds, seeds: int, *, model: str, width: int, epochs: int, lr: float,
 
 
 def run_library(ds, seeds: int, *, mode: str, model: str, width: int, epochs: int, lr: float, crops,
-                device: torch.device, amp: bool, together: bool = True):
+                device: torch.device, amp: bool, together: bool = True, **fast):
+    """``fast``: the library's fast-path switches (``channels_last``, ``compile``) where set."""
     kwargs = dict(mode=mode, model=model, width=width, epochs=epochs, lr=lr, batch_size=BATCH,
-                  crops_per_image=crops if mode == "ladd" else None, device=device, amp=amp, progress=False)
+                  crops_per_image=crops if mode == "ladd" else None, device=device, amp=amp, progress=False,
+                  **fast)
     _sync(device)
     start = time.perf_counter()
     if hasattr(ladd_train, "train_seeds"):
@@ -242,10 +251,14 @@ def run_case(ds, source, args, device: torch.device, size: int) -> list[dict]:
     common = dict(model=model, width=args.width, lr=args.lr, device=device)
     lib = dict(common, amp=args.amp, together=args.together)
     sides = [("field loop", "hard", 0, lambda e, s: run_field(ds, s, epochs=e, **common))]
-    sides.append(("library", "hard", 0, lambda e, s: run_library(ds, s, mode="hard", epochs=e, crops=None, **lib)))
-    if not args.no_ladd:
-        sides.append(("library", "ladd", k, lambda e, s: run_library(ds, s, mode="ladd", epochs=e, crops=crops_arg,
-                                                                      **lib)))
+    for variant in args.variants:
+        options = dict(lib, **VARIANTS[variant])
+        sides.append((_side(variant), "hard", 0,
+                      lambda e, s, o=options: run_library(ds, s, mode="hard", epochs=e, crops=None, **o)))
+    if not args.no_ladd and k:
+        options = dict(lib, **VARIANTS[args.variants[0]])
+        sides.append((_side(args.variants[0]), "ladd", k,
+                      lambda e, s: run_library(ds, s, mode="ladd", epochs=e, crops=crops_arg, **options)))
     rows = []
     for who, mode, crops, fn in sides:
         fn(1, 1)  # warm-up: one epoch of one seed (lazy initialisation, kernels, caches)
@@ -297,7 +310,7 @@ def report(info: dict, rows: list[dict]) -> str:
               else ""),
            "",
            f"Settings: {info['settings']}", "",
-           "Library API: " + "; ".join(sorted({r["api"] for r in rows if r["side"] == "library"})), "",
+           "Library API: " + "; ".join(sorted({r["api"] for r in rows if r["side"].startswith("library")})), "",
            "*inputs/s*: images (and crops, for the ladd row) trained on by all seeds / wall seconds of all "
            "seeds (model build, upload and training; no evaluation). *vs field*: inputs/s over the field "
            "loop's at the same size and IPC. *accuracy*: top-1 on the held-out test split, mean ± std over "
@@ -331,6 +344,17 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
+def _per_size_values(ap, flag: str, values: list | None, sizes: list[int]) -> dict:
+    """One value for every size, or one per size in ``sizes`` order."""
+    if not values:
+        return {}
+    if len(values) == 1:
+        return {size: values[0] for size in MODELS}
+    if len(values) != len(sizes):
+        ap.error(f"{flag}: one value, or one per size ({len(sizes)}), got {len(values)}")
+    return dict(zip(sizes, values))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -340,18 +364,25 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=_ints, default=[32, 128], help="comma-separated, of 32,128 (default both)")
     ap.add_argument("--ipc", type=_ints, default=[10, 50], help="comma-separated (default 10,50)")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=None,
-                    help="every size (default 300; --quick: 10 at 32 px, 2 at 128 px)")
+    ap.add_argument("--epochs", type=_ints, default=None,
+                    help="one value for every size, or comma-separated per size in --sizes order "
+                         "(default 300; --quick: 10 at 32 px, 2 at 128 px)")
     ap.add_argument("--width", type=int, default=None, help="ConvNet width (default 128, the field's; --quick: 16)")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--crops", default=None,
-                    help="crops per image of the ladd row: all or k (default all; --quick: 5 at 32 px, 1 at 128 px)")
+                    help="crops per image of the ladd row: all or k, one for every size or comma-separated per "
+                         "size in --sizes order; 0 skips the ladd row at that size (default all; --quick: 5 at "
+                         "32 px, 1 at 128 px)")
+    ap.add_argument("--variants", default="default",
+                    help="comma-separated library hard-label rows, each one switch from the library's defaults: "
+                         f"{', '.join(VARIANTS)} (default: default); the ladd row uses the first")
     ap.add_argument("--malloc-reuse", action="store_true",
                     help="before any work, ladd_format.keep_freed_memory() (what the ladd program does); "
                          "both sides alike")
     ap.add_argument("--no-ladd", action="store_true", help="skip the library's ladd row")
     ap.add_argument("--separate", dest="together", action="store_false",
-                    help="library: train_seeds(together=False), one seed after another (default: together)")
+                    help="library: train_seeds(together=False) in every row, one seed after another "
+                         "(default: the library's choice; see --variants separate)")
     ap.add_argument("--no-amp", dest="amp", action="store_false",
                     help="library in float32 on CUDA too (default: its bf16 autocast on CUDA)")
     ap.add_argument("--pool", type=int, default=None,
@@ -364,18 +395,23 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)
     q = args.quick
-    args.epochs_by_size = {size: args.epochs or ((10 if size <= 32 else 2) if q else 300) for size in MODELS}
+    if any(s not in MODELS for s in args.sizes):
+        ap.error(f"--sizes must be among {sorted(MODELS)}")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not args.variants or any(v not in VARIANTS for v in args.variants):
+        ap.error(f"--variants must be among {', '.join(VARIANTS)}")
+    epochs = _per_size_values(ap, "--epochs", args.epochs, args.sizes)
+    args.epochs_by_size = {size: epochs.get(size) or ((10 if size <= 32 else 2) if q else 300) for size in MODELS}
     args.width = args.width or (16 if q else 128)
-    crops = args.crops or "all"
-    args.crops_by_size = {size: crops if crops == "all" else int(crops) for size in MODELS}
+    crops = _per_size_values(ap, "--crops", args.crops.split(",") if args.crops else None, args.sizes)
+    args.crops_by_size = {size: "all" if c in (None, "all") else int(c)
+                          for size, c in ((size, crops.get(size)) for size in MODELS)}
     if q and args.crops is None:
         args.crops_by_size = {32: 5, 128: 1}
     args.pool = args.pool or (1000 if q else 10000)
     args.test_images = args.test_images or (1000 if q else 10000)
     args.labeler_epochs = args.labeler_epochs or (2 if q else 10)
     args.labeler_width = args.labeler_width or (16 if q else 128)
-    if any(s not in MODELS for s in args.sizes):
-        ap.error(f"--sizes must be among {sorted(MODELS)}")
     malloc = args.malloc_reuse and ladd_format.keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -390,7 +426,8 @@ def main(argv=None) -> int:
             "settings": f"seeds {args.seeds}, epochs {_per_size(args.epochs_by_size, args.sizes)}, batch {BATCH}, "
                         f"width {args.width}, lr {args.lr}, SGD momentum 0.9 wd 5e-4, lr x0.1 after half the epochs, "
                         f"DSA on every side; ladd row k = {_per_size(args.crops_by_size, args.sizes)} crops per image "
-                        f"per step; library amp {'on (bf16 autocast on CUDA)' if args.amp else 'off'}; "
+                        f"per step (0: no ladd row); library amp {'on (bf16 autocast on CUDA)' if args.amp else 'off'}, "
+                        f"rows {', '.join(args.variants)}; "
                         f"malloc {'kept for reuse (keep_freed_memory)' if malloc else 'glibc defaults'}",
             "data": f"Fashion-MNIST, {args.pool:,} seeded train images and the first {args.test_images:,} test images, "
                     f"upsampled bilinearly to the size and repeated to 3 channels; random-real IPC per class "

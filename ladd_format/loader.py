@@ -212,8 +212,17 @@ class DeviceLoader:
 
     def _dense(self, image: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
         """float32 dense labels [R, K] of (image, crop) pairs, decoded on the device."""
-        values = self._encoding.torch_decode({name: t[image, crop] for name, t in self._stored.items()})
+        values = self._encoding.torch_decode({name: _rows(t, image, crop) for name, t in self._stored.items()})
         return values if self._temperature is None else _softmax(values, self._temperature)
+
+
+def _rows(stored: torch.Tensor, image: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+    """``stored[image, crop]``. CUDA cannot index uint16 tensors (torch 2.11: "index_cuda" not
+    implemented for 'UInt16'), so those rows are taken through their int16 view and widened to
+    int32 with the same values."""
+    if stored.dtype == torch.uint16:
+        return stored.view(torch.int16)[image, crop].to(torch.int32) & 0xFFFF
+    return stored[image, crop]
 
 
 class CropDataset(torch.utils.data.Dataset):

@@ -225,3 +225,41 @@ def test_cpu_amp_is_opt_in(gray):
     assert not plain.settings["amp"] and amp.settings["amp"] and train(gray, amp=False, cpu_amp=True,
                                                                       **kwargs).settings["amp"] is False
     assert np.isfinite(amp.losses).all() and amp.losses != plain.losses  # bfloat16 autocast did run
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def exact_cuda():
+    """float32 convolutions and products without TF32, so that grouped and single runs differ
+    by reassociation only."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@CUDA
+@pytest.mark.parametrize("mode", ["ladd", "hard"])
+def test_cuda_groups_seeds_and_equals_separate_runs(gray, mode, exact_cuda):
+    together = train_seeds(gray, seeds=[0, 1, 2], mode=mode, device="cuda", amp=False, **TINY)
+    separate = [train(gray, seed=s, mode=mode, device="cuda", amp=False, **TINY) for s in [0, 1, 2]]
+    assert together[0].settings["together"] and not separate[0].settings.get("together")
+    _assert_close(together, separate, rtol=1e-4, atol=1e-4)
+
+
+@CUDA
+@pytest.mark.parametrize("fast", [{}, {"channels_last": True}, {"compile": True}])
+def test_cuda_fast_path_trains_like_the_cpu(gray, fast):
+    """bf16 autocast (the CUDA default) with each fast-path switch: every seed learns what the
+    float32 CPU run learns, to bfloat16's precision."""
+    kwargs = {**TINY, "epochs": 3}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast_runs = train_seeds(gray, seeds=2, mode="ladd", device="cuda", **fast, **kwargs)
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]  # no eager fallback on CUDA
+    cpu_runs = train_seeds(gray, seeds=2, mode="ladd", device="cpu", **kwargs)
+    for a, b in zip(fast_runs, cpu_runs):
+        assert a.settings["amp"] and np.isfinite(a.losses).all()
+        np.testing.assert_allclose(a.losses, b.losses, rtol=0.05)
