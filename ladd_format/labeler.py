@@ -208,9 +208,12 @@ def train_labeler(
     ``augmentation`` (default: the preset's, else ``"none"``) is one of :data:`AUGMENTATIONS`:
     ``"crops"`` replaces each training image by a random resized crop (:class:`_RandomCrops`),
     so that the labeler learns to label crops like the grid's; ``"crops+flip"`` adds a random
-    horizontal flip. ``amp`` trains under bfloat16 autocast on CUDA, ``cpu_amp`` on a CPU too
-    (where it pays only with bfloat16 units, see :func:`ladd_format.demo._cpu_bf16_units`), as
-    :func:`ladd_format.train.train` does. Both are recorded in ``config.training``.
+    horizontal flip. It is not the default: at the cpu preset it makes the labeler's argmax the
+    class on 68% of grid crops instead of 37%, yet LADD-trained models come out 2.4 points
+    worse (benchmarks/results/labeler_crops.md). ``amp`` trains under bfloat16 autocast on
+    CUDA, ``cpu_amp`` on a CPU too, as :func:`ladd_format.train.train` does (off by default: at
+    the cpu preset it was slower than float32 on a 2-core AMX Xeon, same file). Both are
+    recorded in ``config.training``.
     """
     knobs = resolve(preset, "labeler", {"epochs": epochs, "width": width, "train_images": train_images,
                                         "augmentation": augmentation},
