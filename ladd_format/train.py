@@ -148,11 +148,8 @@ def train_seeds(dataset: LaddDataset | str | os.PathLike[str], *, seeds: int | S
     CUDA: one upload of the dataset, each seed with its own initialisation, data order and DSA
     draws, so every result is the one :func:`train` gives for that seed up to float
     reassociation. On a CPU, where that measured slower, and for models with dropout or batch
-    norm (the ViT), the seeds run over the one upload one after another, with the results of
-    :func:`train` exactly; ``settings["together"]`` says which ran. A CPU with two or more torch
-    threads runs that many seeds at once instead, each in its own thread on one core, with the
-    results of :func:`train` under ``torch.set_num_threads(1)`` exactly (not for dropout, whose
-    draws come from the global generator); ``settings["seed_threads"]`` says how many. ``together=False`` calls
+    norm (the ViT), the seeds run one after another over the one upload, with the results of
+    :func:`train` exactly; ``settings["together"]`` says which ran. ``together=False`` calls
     :func:`train` for each seed in turn. Under ``torchrun`` each seed trains data parallel over
     the ranks, as :func:`train` does.
     """
@@ -240,63 +237,21 @@ def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convn
     together = len(seeds) > 1 and groupable(models[0], dev)
     groups = [list(range(len(seeds)))] if together else [[j] for j in range(len(seeds))]
     losses: list[list[float]] = [[] for _ in seeds]
-
-    def one(group: list[int], show: bool) -> None:
-        trained = run_seeds([models[j] for j in group], [loader.with_seed(seeds[j]) for j in group], plan,
-                            soft=soft, progress=show and progress and share[0] == 0)
-        for j, seed_losses in zip(group, trained):
-            losses[j] = seed_losses
-
-    workers = _cpu_workers(models[0], dev, len(groups), share[1])
-    if workers > 1:
-        _in_threads(one, groups, workers)
-    for group in groups if workers == 1 else ():
+    for group in groups:
         if len(group) == 1:  # dropout draws as in a single run, whichever seeds were built after it
             _set_rng_state(rng[group[0]], dev)
-        one(group, True)
+        trained = run_seeds([models[j] for j in group], [loader.with_seed(seeds[j]) for j in group], plan,
+                            soft=soft, progress=progress and share[0] == 0)
+        for j, seed_losses in zip(group, trained):
+            losses[j] = seed_losses
     return [TrainResult(net, dict(mode=mode, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
                                   momentum=momentum, weight_decay=weight_decay, augment=augment,
                                   crops_per_image=crops_per_image, crop_weight=crop_weight,
                                   crop_reduction=crop_reduction, width=width, depth=depth, seed=seed,
                                   images=len(ds), device=str(dev), amp=use_amp, max_pass_inputs=per_pass,
                                   channels_last=channels_last, compile=compile, together=together,
-                                  seed_threads=workers, ranks=share[1]), seed_losses)
+                                  ranks=share[1]), seed_losses)
             for net, seed, seed_losses in zip(models, seeds, losses)]
-
-
-def _cpu_workers(model: torch.nn.Module, dev: torch.device, groups: int, world: int) -> int:
-    """How many seeds train at once, each in its own thread with one intra-op thread, on a CPU.
-
-    Small networks use a second core poorly inside one operator, and well as a second seed: one
-    seed per core. Not for models that draw from the global generator (dropout), whose draws
-    would depend on the threads' interleaving, nor inside a process group (one seed's ranks step
-    together), nor with fewer than two cores' worth of torch threads."""
-    if dev.type != "cpu" or groups < 2 or world > 1 or torch.get_num_threads() < 2:
-        return 1
-    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
-        return 1
-    return min(groups, torch.get_num_threads())
-
-
-def _in_threads(fn, groups: list[list[int]], workers: int) -> None:
-    """``fn(group, show)`` for every group, ``workers`` at a time, each thread's operators on one
-    core (``torch.set_num_threads`` is process-wide: restored afterwards). Each seed runs
-    exactly the operators of its single run with one thread, so results do not depend on the
-    interleaving."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def run(group: list[int], show: bool) -> None:
-        torch.set_num_threads(1)  # OpenMP's thread count is per thread: set it in each
-        fn(group, show)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ladd-seed") as pool:
-            for future in [pool.submit(run, group, i == 0) for i, group in enumerate(groups)]:
-                future.result()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _share(batch_size: int, data_parallel: bool) -> tuple[int, int]:

@@ -227,44 +227,6 @@ def test_cpu_amp_is_opt_in(gray):
     assert np.isfinite(amp.losses).all() and amp.losses != plain.losses  # bfloat16 autocast did run
 
 
-@pytest.fixture
-def two_threads():
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(1)
-
-
-@pytest.mark.parametrize("model", ["convnet", "resnet18"])
-def test_a_cpu_with_two_threads_trains_two_seeds_at_once(gray, model, two_threads):
-    kwargs = {**TINY, "width": 8 if model == "convnet" else None}
-    together = train_seeds(gray, seeds=[0, 1, 2], model=model, **kwargs)
-    assert torch.get_num_threads() == 2 and [r.settings["seed_threads"] for r in together] == [2] * 3
-    torch.set_num_threads(1)
-    separate = [train(gray, seed=s, model=model, **kwargs) for s in [0, 1, 2]]
-    assert separate[0].settings["seed_threads"] == 1
-    for a, b in zip(together, separate):  # each thread ran its seed's single-thread operators
-        assert a.losses == b.losses
-        for (name, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
-            assert torch.equal(pa, pb), name
-
-
-def test_dropout_seeds_stay_in_one_thread(gray, two_threads):
-    results = train_seeds(gray, seeds=2, model="vit", **{**TINY, "width": None, "epochs": 1})
-    assert [r.settings["seed_threads"] for r in results] == [1, 1]
-
-
-def test_a_failing_seed_thread_raises_and_restores_threads(gray, monkeypatch, two_threads):
-    def fail(models, loaders, plan, **kwargs):
-        if loaders[0].seed == 1:
-            raise RuntimeError("seed 1 broke")
-        return [[0.0] * plan.epochs]
-
-    monkeypatch.setattr(train_module, "run_seeds", fail)
-    with pytest.raises(RuntimeError, match="seed 1 broke"):
-        train_seeds(gray, seeds=[0, 1], **TINY)
-    assert torch.get_num_threads() == 2
-
-
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
