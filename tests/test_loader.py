@@ -261,3 +261,19 @@ def test_cuda_matches_cpu(rgb, k):
             assert torch.equal(getattr(g, name).cpu(), getattr(c, name)), name
         torch.testing.assert_close(g.images.cpu(), c.images, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(g.crops.cpu(), c.crops, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_normalise_gives_nchw_whatever_the_strides(channels):
+    """A one-channel NHWC batch permuted to NCHW has strides that also read as channels-last;
+    normalise lays its result out NCHW (oneDNN was up to 2.7x slower on the other layout) with
+    the values of the plain formula."""
+    from ladd_format._torch import normalise
+
+    nhwc = torch.randint(0, 256, (4, 6, 5, channels), dtype=torch.uint8)
+    pixels = nhwc.permute(0, 3, 1, 2)
+    mean, std = [0.5] * channels, [0.25] * channels
+    out = normalise(pixels, mean, std)
+    assert out.stride() == torch.empty(out.shape).stride() == (channels * 30, 30, 5, 1)
+    expected = (pixels.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    assert torch.equal(out, expected)
