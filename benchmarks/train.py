@@ -46,6 +46,8 @@ Prints everything (no assertions on timing); ``--out`` writes the markdown repor
 
     python benchmarks/train.py --quick --device cpu --out benchmarks/results/train.md
     python benchmarks/train.py --device cuda --out benchmarks/results/train_h100.md
+    python benchmarks/train.py --device cuda --epochs 300,100 --crops 5,0 \
+        --variants default,channels-last,separate,fp32,compile   # one fast-path switch per row
 """
 
 from __future__ import annotations
