@@ -33,7 +33,7 @@ import dataclasses
 import inspect
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -47,6 +47,9 @@ from ladd_format.labeler import train_labeler
 from ladd_format.presets import PRESETS
 from ladd_format.sources import fashion_mnist
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loader import _device_name  # noqa: E402  (benchmarks/loader.py)
+
 PAPER_SCRIPT_EPOCHS = 300
 """The epochs under ``--preset paper`` when --epochs is not given (the script's historical default)."""
 
@@ -59,16 +62,6 @@ def _model_epochs(items: list[str]) -> dict[str, int]:
             raise SystemExit(f"--model-epochs takes NAME=EPOCHS with EPOCHS >= 1, got {item!r}")
         out[name.lower()] = int(value)
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _load() -> str:
@@ -140,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    card = _device_name(device)
     explicit_lab = {k: v for k, v in (("width", args.labeler_width), ("epochs", args.labeler_epochs)) if v is not None}
     if args.labeler_images is not None:
         explicit_lab["train_images"] = args.labeler_images or None
