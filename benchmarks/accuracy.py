@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import sys
@@ -143,13 +142,10 @@ def main() -> None:
     # what the demo uses (its defaults, the preset, then the explicit flags): train_labeler and train keywords
     demo = DemoSettings.from_preset(args.preset, labeler=explicit_lab, train=explicit_train)
     lab, train = dict(demo.labeler), dict(demo.train)
-    labeler_takes = inspect.signature(train_labeler).parameters
     if args.crops is not None:
         train["crops_per_image"] = args.crops if args.crops == "all" else int(args.crops)
     if args.cpu_amp != "auto":
-        train["cpu_amp"] = args.cpu_amp == "on"
-        if "cpu_amp" in labeler_takes:
-            lab["cpu_amp"] = args.cpu_amp == "on"
+        train["cpu_amp"] = lab["cpu_amp"] = args.cpu_amp == "on"
     if args.no_amp:
         train["amp"], train["cpu_amp"] = False, False
     per_model = _model_epochs(args.model_epochs)
@@ -159,7 +155,7 @@ def main() -> None:
     epochs_per_model = {m: per_model.get(m.lower(), train["epochs"]) for m in args.models}
     cuda = device.type == "cuda"
     test_amp = train.get("amp", True) and (cuda or train["cpu_amp"])
-    labeler_amp = "amp" in labeler_takes and lab.get("amp", True) and (cuda or lab.get("cpu_amp", False))
+    labeler_amp = lab.get("amp", True) and (cuda or lab["cpu_amp"])
     kind = "CUDA autocast" if cuda else "cpu_amp, CPU autocast"
     amp = (f"test models {'bfloat16 (' + kind + ')' if test_amp else 'float32'}; "
            f"labeler {'bfloat16 (' + kind + ')' if labeler_amp else 'float32'}"

@@ -211,9 +211,9 @@ def train_labeler(
     horizontal flip. It is not the default: at the cpu preset it makes the labeler's argmax the
     class on 68% of grid crops instead of 37%, yet LADD-trained models come out 2.4 points
     worse (benchmarks/results/labeler_crops.md). ``amp`` trains under bfloat16 autocast on
-    CUDA, ``cpu_amp`` on a CPU too, as :func:`ladd_format.train.train` does (off by default: at
-    the cpu preset it was slower than float32 on a 2-core AMX Xeon, same file). Both are
-    recorded in ``config.training``.
+    CUDA, ``cpu_amp`` on a CPU too, as :func:`ladd_format.train.train` does (opt-in: it pays
+    only on CPUs with bfloat16 units; the demo turns it on there). Both are recorded in
+    ``config.training``.
     """
     knobs = resolve(preset, "labeler", {"epochs": epochs, "width": width, "train_images": train_images,
                                         "augmentation": augmentation},

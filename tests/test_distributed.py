@@ -189,8 +189,6 @@ def test_two_ranks_fill_the_grid_of_one_process(small):
     assert one.shape == (2, 2) and torch.equal(two[0], one) and torch.equal(two[1], one)
 
 
-
-
 def _ladd_train(tmp_path: Path, *options: str) -> list[str]:
     """``ladd train`` on a small grayscale container: its arguments."""
     from ladd_format.testing import write_example

@@ -17,8 +17,10 @@ TINY = {"width": 4, "epochs": 1, "batch_size": 32, "progress": False}
 
 @pytest.fixture(scope="module")
 def source():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return synthetic_source(64, 10)
+    yield synthetic_source(64, 10)
+    torch.set_num_threads(threads)
 
 
 def _weights(labeler):
