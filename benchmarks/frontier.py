@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ladd_format import LaddError
+from ladd_format import LaddError, keep_freed_memory
 from ladd_format import open as open_container
 from ladd_format.demo import DemoSettings, measure
 from ladd_format.labeler import Labeler, augment, train_labeler
@@ -230,6 +230,7 @@ def main() -> None:
     ap.add_argument("--from-json", type=Path, nargs="+", default=None,
                     help="only rebuild the table and plot from these reports (e.g. one per IPC, run apart)")
     args = ap.parse_args()
+    keep_freed_memory()  # as the ladd program does: faster CPU training
 
     train = {k: v for k, v in (("epochs", args.epochs), ("width", args.width)) if v is not None}
     s = DemoSettings.from_preset(args.preset, seeds=args.seeds, train=train)

@@ -18,6 +18,7 @@ _SETTINGS = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2**31 - 1))
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 OPT_OUT = "LADD_MALLOC"
 """Set this environment variable to ``default`` to keep glibc's defaults in ``ladd`` commands."""
+_kept = False
 
 
 def keep_freed_memory() -> bool:
@@ -30,10 +31,18 @@ def keep_freed_memory() -> bool:
     and holds on to the peak memory instead of returning it. ``ladd`` commands call it.
     The same without code: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647``.
     """
+    global _kept
     if os.environ.get(OPT_OUT, "").lower() == "default" or any(name in os.environ for name in _ENV):
         return False
     mallopt = _mallopt()
-    return mallopt is not None and all(mallopt(param, value) == 1 for param, value in _SETTINGS)
+    _kept = _kept or (mallopt is not None and all(mallopt(param, value) == 1 for param, value in _SETTINGS))
+    return _kept
+
+
+def keeps_freed_memory() -> bool:
+    """Whether :func:`keep_freed_memory` took effect in this process (CPU passes may then be
+    larger: see :func:`ladd_format.train.pass_inputs`)."""
+    return _kept
 
 
 def _mallopt():

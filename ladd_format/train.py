@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._allocator import keeps_freed_memory
 from ._store import rows_per_block
 from ._torch import normalise, resolve_device
 from ._read import LaddDataset
@@ -70,7 +71,9 @@ def ladd_loss(full_logits: torch.Tensor | None, labels: torch.Tensor | None,
 
 
 CPU_TENSOR_BYTES = 16 << 20
-"""Largest activation map one CPU pass makes (see :func:`pass_inputs`)."""
+"""Largest activation map one CPU pass makes with glibc's defaults (see :func:`pass_inputs`)."""
+CPU_TENSOR_BYTES_KEPT = 256 << 20
+"""The same once :func:`~ladd_format.keep_freed_memory` took effect (``ladd`` commands)."""
 
 _BYTES_PER_PIXEL = 2200
 """Measured peak bytes per input pixel of a width-128 ConvNet pass (fp32, 28 px padded to 32:
@@ -86,14 +89,18 @@ def pass_inputs(image_size: tuple[int, int], width: int | None, device: torch.de
     counted as at least 32 px) stays under ``CPU_TENSOR_BYTES`` (16 MiB): below glibc's
     mmap threshold (32 MiB) freed activations are reused by the next pass instead of being
     returned to the kernel and faulted in again, which made 600-input passes 1.5x slower per
-    input than 64-input ones (width-64 ConvNet, 2-core Xeon). On CUDA a pass may fill half
-    the free memory.
+    input than 64-input ones (width-64 ConvNet, 2-core Xeon). Once
+    :func:`~ladd_format.keep_freed_memory` took effect nothing is faulted in again and whole
+    steps in one pass are faster (the demo's 3 LADD seeds: 7-10% by the median of 6 alternated
+    runs; peak RSS 1.35 GB instead of 0.9), so the bound is then ``CPU_TENSOR_BYTES_KEPT``
+    (256 MiB, about 1 GiB of activations in all). On CUDA a pass may fill half the free memory.
     """
     h, w = max(32, image_size[0]), max(32, image_size[1])
     if device.type == "cuda":
         per_input = _BYTES_PER_PIXEL * h * w * (width or 128) / 128
         return max(1, int(torch.cuda.mem_get_info(device)[0] // 2 // per_input))
-    return max(1, CPU_TENSOR_BYTES // (4 * (width or 128) * h * w))
+    budget = CPU_TENSOR_BYTES_KEPT if keeps_freed_memory() else CPU_TENSOR_BYTES
+    return max(1, budget // (4 * (width or 128) * h * w))
 
 
 def train(

@@ -54,9 +54,12 @@ def test_training_passes_stop_faulting_pages_in():
 @pytest.mark.parametrize("env", [{"LADD_MALLOC": "default"}, {"MALLOC_MMAP_THRESHOLD_": "65536"},
                                  {"MALLOC_TRIM_THRESHOLD_": "0"}])
 def test_opt_outs_and_the_users_own_settings_are_left_alone(env):
-    code = "import json, ladd_format; print(json.dumps({'applied': ladd_format.keep_freed_memory()}))"
-    assert not _probe("keep", code, **env)["applied"]
-    assert _probe("keep", code)["applied"]
+    code = ("import json, ladd_format; from ladd_format._allocator import keeps_freed_memory as k; "
+            "before = k(); print(json.dumps({'applied': ladd_format.keep_freed_memory(), 'before': before, 'after': k()}))")
+    left = _probe("keep", code, **env)
+    assert not left["applied"] and not left["before"] and not left["after"]
+    kept = _probe("keep", code)
+    assert kept["applied"] and not kept["before"] and kept["after"]  # what pass_inputs reads
 
 
 def test_the_ladd_program_keeps_freed_memory_and_main_does_not(monkeypatch, tmp_path):

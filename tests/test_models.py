@@ -264,3 +264,40 @@ def test_convnet_pooling_equals_avg_pool2d():
         torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
     x = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(pool, (x,))
+
+
+@pytest.mark.parametrize("name", ("convnet", "alexnet", "vgg11", "resnet18"))
+def test_first_conv_of_gray_inputs_gives_conv2d_gradients(name):
+    """A one-channel first conv computes its weight gradient by a patch matmul on a CPU: the
+    values and every gradient (weight, bias, input) of ``nn.Conv2d``, in float32 and under
+    bfloat16 autocast (within bf16 rounding); three channels and no-grad passes keep oneDNN."""
+    from ladd_format import models
+
+    torch.manual_seed(0)
+    conv = _convs(build_model(name, 1, 10, 28))[0]
+    assert type(conv) is models._InputConv2d and type(_convs(build_model(name, 1, 10, 28))[1]) is nn.Conv2d
+    ref = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+    conv64, ref64 = conv.double(), ref.double()
+    w, b = torch.randn(2, 1, *conv.kernel_size, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, w, b: models._GrayWeightGrad.apply(a, w, b, conv.stride, conv.padding,
+                                                                                 conv.dilation),
+                                    (x[:2, :, :7, :7].requires_grad_(), w.requires_grad_(), b.requires_grad_()))
+    for dtype, amp, tol in ((torch.float32, False, 1e-5), (torch.float32, True, 2e-2)):
+        conv, ref = conv64.to(dtype), ref64.to(dtype)
+        xs = x.to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y, y_ref = conv(xs), ref(xs)
+        assert y.dtype == y_ref.dtype and y.grad_fn.name() != y_ref.grad_fn.name()  # the fast path ran
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0)  # the same convolution kernel
+        g = torch.randn_like(y)
+        got = torch.autograd.grad(y, [xs, *conv.parameters()], g)
+        want = torch.autograd.grad(y_ref, [xs, *ref.parameters()], g)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+    with torch.no_grad():
+        assert conv(x[:1].float()).grad_fn is None
+    rgb = _convs(build_model(name, 3, 10, 32))[0]
+    assert rgb(torch.randn(1, 3, 32, 32)).grad_fn.name() == "ConvolutionBackward0"

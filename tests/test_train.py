@@ -52,12 +52,24 @@ def test_micro_batches_in_other_modes(container, mode):
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
 
 
-def test_default_pass_size_bounds_activations():
+def test_default_pass_size_bounds_activations(monkeypatch):
     """On a CPU the first activation map of a pass (width x H x W float32 per input) stays under 16 MiB."""
     cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "keeps_freed_memory", lambda: False)  # glibc's defaults
     assert train_module.pass_inputs((28, 28), 64, cpu) == 64 == train_module.CPU_TENSOR_BYTES // (4 * 64 * 32 * 32)
     assert train_module.pass_inputs((28, 28), 128, cpu) == 32 == train_module.pass_inputs((28, 28), None, cpu)
     assert train_module.pass_inputs((128, 128), 128, cpu) == 2 and train_module.pass_inputs((128, 128), 512, cpu) == 1
+
+
+def test_kept_freed_memory_allows_larger_cpu_passes(monkeypatch):
+    """Once keep_freed_memory took effect nothing is faulted in again, so a CPU pass may hold a
+    256 MiB first map: the demo's whole LADD step (600 inputs at width 64) in one pass."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "keeps_freed_memory", lambda: True)
+    assert train_module.pass_inputs((28, 28), 64, cpu) == 1024 == train_module.CPU_TENSOR_BYTES_KEPT // (4 * 64 * 32 * 32)
+    assert train_module.pass_inputs((224, 224), 128, cpu) == 10
+    monkeypatch.setattr(train_module, "keeps_freed_memory", lambda: False)
+    assert train_module.pass_inputs((28, 28), 64, cpu) == 64
 
 
 def test_presets_fill_what_is_not_given(container):
