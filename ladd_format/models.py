@@ -220,7 +220,7 @@ class _InputConv2d(nn.Conv2d):
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
                 and torch.is_grad_enabled() and self.weight.requires_grad):
             return self._fast(x)
-        return super().forward(x)
+        return self._conv_forward(x, self.weight, self.bias)
 
     @torch.jit.unused
     def _fast(self, x):  # not annotated, as _AvgPool2x2._fast

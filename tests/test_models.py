@@ -301,3 +301,7 @@ def test_first_conv_of_gray_inputs_gives_conv2d_gradients(name):
         assert conv(x[:1].float()).grad_fn is None
     rgb = _convs(build_model(name, 3, 10, 32))[0]
     assert rgb(torch.randn(1, 3, 32, 32)).grad_fn.name() == "ConvolutionBackward0"
+    if name == "convnet":  # TorchScript keeps the usual kernel (one model suffices: one class)
+        gray = build_model(name, 1, 10, 28, width=8).eval()
+        x = torch.randn(2, 1, 28, 28)
+        torch.testing.assert_close(torch.jit.script(gray)(x), gray(x))
