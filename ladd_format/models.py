@@ -176,38 +176,38 @@ class _AvgPool2x2(nn.AvgPool2d):
 class _GrayWeightGrad(torch.autograd.Function):
     """``F.conv2d`` of a one-channel input whose weight gradient is one batched matmul of the
     output gradient [N, O, L] with the input's patches [N, L, k*k] (``F.unfold``), summed over
-    the batch (the bias gradient from an extra row of ones), instead of oneDNN's
-    weight-gradient kernel, which is slow for a single input channel. On a 2-core Xeon, 600 x 1 x 28 x 28 -> 64 x 32 x 32 (the demo's first conv): 15
-    ms against 68 ms in bfloat16, 24 against 48 ms in float32; AlexNet's 5x5 -> 128: 47 against
-    168 ms. With three input channels oneDNN is as fast or faster, so only gray inputs take it.
-    Under autocast the convolution runs in the autocast dtype as ``F.conv2d`` would."""
+    the batch (the bias gradient from an extra row of ones), instead of oneDNN's weight-gradient
+    kernel, which is slow for a single input channel. On a 2-core Xeon, 600 x 1 x 28 x 28 -> 64
+    x 32 x 32 (the demo's first conv): 15 ms against 68 ms in bfloat16, 24 against 48 ms in
+    float32; AlexNet's 5x5 -> 128: 47 against 168 ms. With three input channels oneDNN is as
+    fast or faster, so only gray inputs take it. Under autocast the convolution runs in the
+    autocast dtype as ``F.conv2d`` would."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
-        ctx.save_for_backward(x, weight)
-        ctx.geometry, ctx.dtype, ctx.has_bias = (stride, padding, dilation), dtype, bias is not None
+        xs, ws = x.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(xs, ws)  # the operands as the convolution saw them
+        ctx.geometry, ctx.has_bias = (stride, padding, dilation), bias is not None
+        ctx.dtypes = x.dtype, weight.dtype
         with torch.autocast("cpu", enabled=False):
-            return F.conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
-                            stride, padding, dilation)
+            return F.conv2d(xs, ws, None if bias is None else bias.to(dtype), stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+        xs, ws = ctx.saved_tensors
         stride, padding, dilation = ctx.geometry
-        xs, n, out = x.to(ctx.dtype), grad.shape[0], grad.shape[1]
-        patches = F.unfold(xs, weight.shape[-2:], dilation, padding, stride)  # [N, k*k, L]
+        x_dtype, w_dtype = ctx.dtypes
+        patches = F.unfold(xs, ws.shape[-2:], dilation, padding, stride)  # [N, k*k, L]
         if ctx.has_bias:  # a row of ones: the bias gradient comes out of the same pass over grad
             patches = F.pad(patches, (0, 0, 0, 1), value=1.0)
-        both = torch.bmm(grad.reshape(n, out, -1), patches.transpose(1, 2)).sum(0, dtype=torch.float32)
-        grad_weight, grad_bias = both[:, :weight[0].numel()], both[:, -1] if ctx.has_bias else None
+        both = torch.bmm(grad.reshape(*grad.shape[:2], -1), patches.transpose(1, 2)).sum(0, dtype=torch.float32)
+        grad_weight, grad_bias = (both[:, :-1], both[:, -1].to(w_dtype)) if ctx.has_bias else (both, None)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
-                grad, xs, weight.to(ctx.dtype), None, stride, padding, dilation, False, [0, 0], 1,
-                [True, False, False])[0].to(x.dtype)
-        return (grad_x, grad_weight.to(weight.dtype).view_as(weight),
-                None if grad_bias is None else grad_bias.to(weight.dtype), None, None, None)
+                grad, xs, ws, None, stride, padding, dilation, False, [0, 0], 1, [True, False, False])[0].to(x_dtype)
+        return grad_x, grad_weight.to(w_dtype).view_as(ws), grad_bias, None, None, None
 
 
 class _InputConv2d(nn.Conv2d):
@@ -216,7 +216,7 @@ class _InputConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scripted = torch.jit.is_scripting() or torch.jit.is_tracing()
-        if (not scripted and self.in_channels == 1 and self.groups == 1 and x.device.type == "cpu"
+        if (not scripted and self.in_channels == 1 and x.device.type == "cpu"
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
                 and torch.is_grad_enabled() and self.weight.requires_grad):
             return self._fast(x)
