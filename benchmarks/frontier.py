@@ -9,11 +9,13 @@ LADD at IPC n under every encoding, then hard labels at IPC n, n+1, ... until th
 the largest LADD container's. Every point trains ``--seeds`` ConvNets with the same settings
 (:func:`ladd_format.demo.measure`, which also counts the bytes as the demo does: images +
 labels on disk, plus every dense-label array for LADD). Rows go to ``--json`` as they come, so
-a run cut short keeps them; ``--from-json`` only rebuilds the table and the plot.
+a run cut short keeps them; ``--from-json`` only rebuilds the table and the plot; ``--sizes``
+trains nothing and lists every encoding's bytes against the hard-label sets.
 
 A LADD point *beats hard labels at equal bytes* when its mean accuracy exceeds that of the
-smallest hard-label set holding at least as many bytes by more than the larger of the two
-standard deviations (over seeds).
+best hard-label set up to the smallest one holding at least as many bytes by more than the
+larger of the two standard deviations (over seeds). ``--hard bracket`` trains only IPC n and
+the hard sets either side of each LADD point's bytes instead of the whole curve.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,23 +94,51 @@ def _bytes(path: Path, dense: bool) -> int:
 
 
 def frontier(ipc: int, source: SourceDataset, labeler: Labeler, s: DemoSettings, out: Path,
-             record: Any, done: set[tuple], encodings: list[tuple[str, dict | None]]) -> None:
+             record: Any, done: set[tuple], encodings: list[tuple[str, dict | None]], bracket: bool = False) -> None:
     """LADD at every encoding and the hard-label curve from ``ipc`` until its bytes pass the
-    largest LADD container. All containers are written first; training then takes the first
-    ``FIRST`` encodings, then every other point from the fewest bytes up, so that a run cut
-    short keeps what decides the comparison. Points in ``done`` (from a resumed report) are skipped."""
+    largest LADD container (with ``bracket``, only IPC n and the two hard sets either side of
+    each LADD point's bytes, found by bisection: the whole curve at IPC 50 runs to IPC 100 and
+    beyond with the float encodings, hours on a CPU). Containers are written first; training
+    then takes the first ``FIRST`` encodings, then every other point from the fewest bytes up,
+    so that a run cut short keeps what decides the comparison. Points in ``done`` (from a
+    resumed report) are skipped."""
     ladd = [(encoding_label(e, p), _container(out, ipc, source, labeler, e, p)) for e, p in encodings]
-    with_dense = max(_bytes(path, dense=True) for _, path in ladd)
-    hard = [_container(out, ipc, source, labeler, "uint8", None)]
-    while _bytes(hard[-1], dense=False) <= with_dense:
-        hard.append(_container(out, ipc + len(hard), source, labeler, "uint8", None))
-    rest = [("LADD", *job) for job in ladd[FIRST:]] + [("hard", "-", path) for path in hard]
+
+    def hard(m: int) -> Path:
+        return _container(out, m, source, labeler, "uint8", None)
+
+    if bracket:
+        above = [_first_at_least(_bytes(path, dense=True), ipc, lambda m: _bytes(hard(m), dense=False))
+                 for _, path in ladd]
+        curve = [hard(m) for m in sorted({ipc} | {m for a in above for m in (max(a - 1, ipc), a)})]
+    else:
+        with_dense = max(_bytes(path, dense=True) for _, path in ladd)
+        curve = [hard(ipc)]
+        while _bytes(curve[-1], dense=False) <= with_dense:
+            curve.append(hard(ipc + len(curve)))
+    rest = [("LADD", *job) for job in ladd[FIRST:]] + [("hard", "-", path) for path in curve]
     jobs = [("LADD", *job) for job in ladd[:FIRST]] + sorted(rest, key=lambda j: _bytes(j[2], j[0] == "LADD"))
     for method, label, path in jobs:
         if (ipc, method, label, _images_per_class(path)) in done:
             continue
         row = _point(path, source, s, "ladd" if method == "LADD" else "hard")
         record({**row, "ipc_setting": ipc, "method": method, "encoding": label})
+
+
+def _first_at_least(target: int, low: int, size: Callable[[int], int]) -> int:
+    """The smallest IPC m >= ``low`` with ``size(m) >= target``, for ``size`` non-decreasing in m
+    (nested draws: a larger set holds every image of a smaller one): doubling steps, then
+    bisection, so about 2 log2(m - low) sizes are measured instead of every one."""
+    if size(low) >= target:
+        return low
+    below, step = low, 1
+    while size(below + step) < target:
+        below, step = below + step, 2 * step
+    above = below + step
+    while above - below > 1:
+        mid = (below + above) // 2
+        below, above = (below, mid) if size(mid) >= target else (mid, above)
+    return above
 
 
 def _images_per_class(path: Path) -> int:
@@ -120,9 +151,14 @@ def _key(row: dict) -> tuple:
 
 
 def _matched(row: dict, hard: list[dict]) -> dict | None:
-    """The smallest hard-label set with at least ``row``'s bytes."""
+    """The best hard-label set (highest mean) among those up to the smallest with at least
+    ``row``'s bytes: hard labels get at least LADD's budget, and one unlucky point on their
+    curve (a last batch of 8 images, say) cannot decide the verdict."""
     fits = [h for h in hard if h["bytes"] >= row["bytes"]]
-    return min(fits, key=lambda h: h["bytes"]) if fits else None
+    if not fits:
+        return None
+    budget = min(h["bytes"] for h in fits)
+    return max((h for h in hard if h["bytes"] <= budget), key=lambda h: h["accuracy_mean"])
 
 
 def verdicts(rows: list[dict]) -> list[dict]:
@@ -141,7 +177,7 @@ def verdicts(rows: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict], header: list[str]) -> str:
     lines = [*header, "", "| IPC | labels | encoding | images/class | bytes on disk | test accuracy (%) | "
-             "vs hard at >= bytes | gap (points) | beats by > 1 std |", "|---:|---|---|---:|---:|---:|---:|---:|---|"]
+             "vs best hard up to >= bytes | gap (points) | beats by > 1 std |", "|---:|---|---|---:|---:|---:|---:|---:|---|"]
     judged = {(r["ipc_setting"], r["encoding"]): r for r in verdicts(rows)}
     for r in sorted(rows, key=lambda r: (r["ipc_setting"], r["bytes"])):
         v = judged.get((r["ipc_setting"], r["encoding"])) if r["method"] == "LADD" else None
@@ -225,15 +261,22 @@ def main() -> None:
     ap.add_argument("--png", type=Path, default=Path("benchmarks/results/frontier.png"))
     ap.add_argument("--encodings", nargs="+", default=None, metavar="LABEL",
                     help="only these LADD points, named as in the table (e.g. uint8 'topk k=1 smoothing')")
+    ap.add_argument("--hard", choices=("curve", "bracket"), default="curve",
+                    help="every hard set from IPC n up, or only those next to a LADD point's bytes")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows of --json (same settings) and train only the points it lacks")
     ap.add_argument("--from-json", type=Path, nargs="+", default=None,
                     help="only rebuild the table and plot from these reports (e.g. one per IPC, run apart)")
+    ap.add_argument("--sizes", action="store_true",
+                    help="train nothing: print each encoding's bytes and the hard-label IPC it must beat")
     args = ap.parse_args()
     keep_freed_memory()  # as the ladd program does: faster CPU training
 
     train = {k: v for k, v in (("epochs", args.epochs), ("width", args.width)) if v is not None}
     s = DemoSettings.from_preset(args.preset, seeds=args.seeds, train=train)
+    if args.sizes:
+        print(sizes(args, s))
+        return
     if args.from_json:
         report = _merged([json.loads(path.read_text()) for path in args.from_json])
     else:
@@ -249,11 +292,15 @@ def main() -> None:
 
 
 def _merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report from several runs with the same settings (their seconds add up)."""
+    """One report from several runs with the same settings (their seconds add up; a point
+    that several hold is kept once, as the first one has it)."""
     if any(_shared(r["settings"]) != _shared(reports[0]["settings"]) for r in reports):
         raise SystemExit("the reports were made with different settings")
+    rows = {}
+    for row in (row for r in reports for row in r["rows"]):
+        rows.setdefault(_key(row), row)
     return {"settings": _shared(reports[0]["settings"]), "ipcs": sorted({i for r in reports for i in r["ipcs"]}),
-            "rows": [row for r in reports for row in r["rows"]], "seconds": sum(r["seconds"] for r in reports)}
+            "rows": list(rows.values()), "seconds": sum(r["seconds"] for r in reports)}
 
 
 def _shared(settings: list[str]) -> list[str]:
@@ -272,13 +319,39 @@ def _test_subset(source: SourceDataset, count: int | None) -> SourceDataset:
     return dataclasses.replace(source, test_images=source.test_images[keep], test_labels=source.test_labels[keep])
 
 
-def run(args: argparse.Namespace, s: DemoSettings) -> dict[str, Any]:
-    """Train every point; the report (also saved to ``args.json`` after every row)."""
-    print("settings:", "; ".join(s.describe()))
+def _selected(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     encodings = [(e, p) for e, p in ENCODINGS if args.encodings is None or encoding_label(e, p) in args.encodings]
     if args.encodings is not None and len(encodings) != len(set(args.encodings)):
         raise SystemExit(f"unknown encoding label among {args.encodings}; known: "
                          f"{', '.join(encoding_label(e, p) for e, p in ENCODINGS)}")
+    return encodings
+
+
+def sizes(args: argparse.Namespace, s: DemoSettings) -> str:
+    """Without training: each encoding's bytes at each IPC and the hard-label sets either side
+    of them (the IPC a LADD point must beat), as a markdown table."""
+    source = fashion_mnist()
+    labeler = train_labeler(source, **s.labeler, out_dir=args.work / "labeler", progress=False)
+    lines = ["| IPC | encoding | bytes on disk | / hard IPC n | hard IPC at >= bytes | its bytes | one image less |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for ipc in args.ipc:
+        def hard(m: int) -> int:
+            return _bytes(_container(args.work, m, source, labeler, "uint8", None), dense=False)
+
+        paths = {encoding_label(e, p): _container(args.work, ipc, source, labeler, e, p) for e, p in _selected(args)}
+        for label, size in sorted(((label, _bytes(path, dense=True)) for label, path in paths.items()),
+                                  key=lambda item: item[1]):
+            m = _first_at_least(size, ipc, hard)
+            below = f"IPC {m - 1}: {hard(m - 1):,}" if m > ipc else ""
+            lines.append(f"| {ipc} | {label} | {size:,} | {size / hard(ipc):.2f} | {m} | "
+                         f"{hard(m):,} | {below} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, s: DemoSettings) -> dict[str, Any]:
+    """Train every point; the report (also saved to ``args.json`` after every row)."""
+    print("settings:", "; ".join(s.describe()))
+    encodings = _selected(args)
     started = time.perf_counter()
     source = _test_subset(fashion_mnist(), args.test_images)
     print(f"test images: {len(source.test_labels)}")
@@ -299,7 +372,8 @@ def run(args: argparse.Namespace, s: DemoSettings) -> dict[str, Any]:
               f"± {100 * row['accuracy_std']:.2f}", flush=True)
 
     for ipc in args.ipc:
-        frontier(ipc, source, labeler, s, args.work, record, {_key(r) for r in report["rows"]}, encodings)
+        frontier(ipc, source, labeler, s, args.work, record, {_key(r) for r in report["rows"]}, encodings,
+                 bracket=args.hard == "bracket")
     return report
 
 
