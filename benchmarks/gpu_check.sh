@@ -26,7 +26,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
 python3 -c 'import torch, ladd_format; print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__,
 "| cuda", torch.version.cuda, "| cudnn", torch.backends.cudnn.version())' | tee "$OUT/device.txt"
 step tests "${TESTS_SECONDS:-90}" python3 -m pytest -q -p no:cacheprovider -k "cuda or CUDA" \
-  tests/test_sampler.py tests/test_loader.py tests/test_dsa.py tests/test_loader_compact.py tests/test_seeds.py
+  tests/test_sampler.py tests/test_loader.py tests/test_dsa.py tests/test_loader_compact.py tests/test_seeds.py tests/test_models.py
 step train "${TRAIN_SECONDS:-280}" python3 benchmarks/train.py --device cuda --sizes 32,128 --ipc 10,50 --seeds 5 \
   --epochs 300,100 --crops 5,0 --test-images 5000 --variants default,channels-last,separate,fp32 \
   --json "$OUT/train.json" --out "$OUT/train.md"

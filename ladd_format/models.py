@@ -110,10 +110,38 @@ def _image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
 def _norm2d(norm: str, channels: int) -> nn.Module:
     """The field's norm slot; 'instancenorm' is GroupNorm with one group per channel."""
     if norm == "instancenorm":
-        return nn.GroupNorm(channels, channels, affine=True)
+        return _GroupNorm(channels, channels, affine=True)
     if norm == "batchnorm":
         return nn.BatchNorm2d(channels)
     return nn.Identity()
+
+
+def _group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                eps: float) -> torch.Tensor:
+    """``F.group_norm``, but under CUDA autocast in the autocast dtype (the kernel still sums
+    the statistics in float32), as CPU autocast already runs it. CUDA autocast lists group_norm
+    among its float32 ops, so the norm and the ReLU and pooling after it would read and write
+    float32 maps between bfloat16 convolutions, twice the bytes on layers that are memory bound."""
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        dtype = torch.get_autocast_dtype("cuda")
+        with torch.autocast("cuda", enabled=False):
+            return F.group_norm(x.to(dtype), num_groups, None if weight is None else weight.to(dtype),
+                                None if bias is None else bias.to(dtype), eps)
+    return F.group_norm(x, num_groups, weight, bias, eps)
+
+
+class _GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and values) computed by :func:`_group_norm` in eager
+    mode; TorchScript keeps the usual one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.jit.is_scripting() or torch.jit.is_tracing()) and x.is_cuda:
+            return self._autocast(x)
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    @torch.jit.unused
+    def _autocast(self, x):  # not annotated, as _AvgPool2x2._fast
+        return _group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def _first_padding(kernel: int, widen: bool) -> int:

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .distributed import all_sum, broadcast_from_first, sum_gradients
 from .dsa import apply_dsa_many
 from .loader import DeviceLoader
-from .models import _AlexNet, _BasicBlock, _ConvNet, _ResNet18, _VGG11
+from .models import _AlexNet, _BasicBlock, _ConvNet, _ResNet18, _VGG11, _group_norm
 
 GROUPED_DEVICES: tuple[str, ...] = ("cuda",)
 """Device types where S > 1 seeds run as one grouped network. Not the CPU: there oneDNN's
@@ -119,8 +119,8 @@ def _run_grouped(module: nn.Module, prefix: str, params: dict[str, torch.Tensor]
                         module.stride, module.padding, module.dilation, module.groups * s)
     if isinstance(module, nn.GroupNorm):
         weight, bias = params.get(prefix + "weight"), params.get(prefix + "bias")
-        return F.group_norm(h, module.num_groups * s, None if weight is None else weight.flatten(),
-                            None if bias is None else bias.flatten(), module.eps)
+        return _group_norm(h, module.num_groups * s, None if weight is None else weight.flatten(),
+                           None if bias is None else bias.flatten(), module.eps)
     if isinstance(module, _BasicBlock):
         out = _run_grouped(module.conv1, prefix + "conv1.", params, h, s)
         out = F.relu(_run_grouped(module.bn1, prefix + "bn1.", params, out, s))

@@ -305,3 +305,48 @@ def test_first_conv_of_gray_inputs_gives_conv2d_gradients(name):
         gray = build_model(name, 1, 10, 28, width=8).eval()
         x = torch.randn(2, 1, 28, 28)
         torch.testing.assert_close(torch.jit.script(gray)(x), gray(x))
+
+
+@pytest.mark.parametrize("name", ("convnet", "vgg11", "resnet18"))  # the field's AlexNet has no norm
+def test_instance_norms_are_group_norms_with_the_usual_values_off_cuda(name):
+    """The norms are ``nn.GroupNorm`` (one group a channel, the same parameters and names); off
+    CUDA, with or without autocast, they compute exactly what ``nn.GroupNorm`` does."""
+    from ladd_format import models
+
+    torch.manual_seed(0)
+    norms = [m for m in build_model(name, 3, 10, 32).modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(type(m) is models._GroupNorm and m.num_groups == m.num_channels for m in norms)
+    norm = norms[0]
+    ref = nn.GroupNorm(norm.num_groups, norm.num_channels)
+    ref.load_state_dict(norm.state_dict())
+    for amp in (False, True):
+        x = torch.randn(3, norm.num_channels, 6, 6, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y, y_ref = norm(x), ref(x)
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+        g = torch.randn_like(y)
+        for a, b in zip(torch.autograd.grad(y, [x, *norm.parameters()], g),
+                        torch.autograd.grad(y_ref, [x, *ref.parameters()], g)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_autocast_runs_the_norm_in_bf16():
+    """Under CUDA autocast the norm's output is bfloat16 (autocast alone would give float32)
+    and within bf16 rounding of the float32 norm; the float32 parameters get float32 gradients."""
+    from ladd_format import models
+
+    torch.manual_seed(0)
+    norm = models._GroupNorm(16, 16).cuda()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 16, 32, 32, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = norm(x)
+        assert nn.functional.group_norm(x.bfloat16(), 16).dtype == torch.float32  # what autocast does
+    assert y.dtype == torch.bfloat16
+    want = nn.functional.group_norm(x, 16, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(y.float(), want, rtol=2e-2, atol=2e-2)
+    y.float().square().sum().backward()
+    assert norm.weight.grad.dtype == torch.float32 and torch.isfinite(norm.weight.grad).all()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
