@@ -230,15 +230,25 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
     draw.text((x0 + 5, y0 + 8), f"IPC {ipc}: test accuracy (%)  -- hard labels (red), LADD (blue)",
               fill="black", font=font)
     hard = sorted((r for r in rows if r["method"] == "hard"), key=lambda r: r["bytes"])
-    draw.line([at(r["bytes"], 100 * r["accuracy_mean"]) for r in hard], fill="red", width=2)
-    for i, r in enumerate(sorted(rows, key=lambda r: r["bytes"])):
+    for a, b in zip(hard, hard[1:]):  # grey and thin across IPCs that were not trained (--hard bracket)
+        adjacent = b["ipc"] == a["ipc"] + 1
+        draw.line([at(r["bytes"], 100 * r["accuracy_mean"]) for r in (a, b)], fill="red" if adjacent else "grey",
+                  width=2 if adjacent else 1)
+    ipcs, ladd, keyed = {r["ipc"] for r in hard}, 0, sum(r["method"] != "hard" for r in rows)
+    for r in sorted(rows, key=lambda r: r["bytes"]):
         colour = "red" if r["method"] == "hard" else "blue"
         m, s = 100 * r["accuracy_mean"], 100 * r["accuracy_std"]
         x, y = at(r["bytes"], m)
         draw.line([at(r["bytes"], m - s), at(r["bytes"], m + s)], fill=colour)
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        tag = f"IPC {r['ipc']}" if r["method"] == "hard" else r["encoding"]
-        draw.text((x + 5, y - 14 if r["method"] == "hard" else y - 20 + 13 * (i % 4)), tag, fill=colour, font=font)
+        if r["method"] == "hard":
+            if not {r["ipc"] - 1, r["ipc"] + 1} <= ipcs:  # a run of hard IPCs is named at its ends
+                draw.text((x + 5, y + 4), f"IPC {r['ipc']}", fill=colour, font=font)
+            continue
+        ladd += 1  # LADD points are numbered, named in a key at the lower right (they crowd)
+        draw.text((x + 4, y - 16), str(ladd), fill=colour, font=font)
+        kx, ky = at(xb, ya)
+        draw.text((kx - 150, ky - 8 - 15 * (keyed + 1 - ladd)), f"{ladd}  {r['encoding']}", fill=colour, font=font)
 
 
 def _padded(lo: float, hi: float) -> tuple[float, float]:
