@@ -105,7 +105,7 @@ def frontier(ipc: int, source: SourceDataset, labeler: Labeler, s: DemoSettings,
     ladd = [(encoding_label(e, p), _container(out, ipc, source, labeler, e, p)) for e, p in encodings]
 
     def hard(m: int) -> Path:
-        return _container(out, m, source, labeler, "uint8", None)
+        return _hard(out, m, source, labeler)
 
     if bracket:
         above = [_first_at_least(_bytes(path, dense=True), ipc, lambda m: _bytes(hard(m), dense=False))
@@ -123,6 +123,11 @@ def frontier(ipc: int, source: SourceDataset, labeler: Labeler, s: DemoSettings,
             continue
         row = _point(path, source, s, "ladd" if method == "LADD" else "hard")
         record({**row, "ipc_setting": ipc, "method": method, "encoding": label})
+
+
+def _hard(out: Path, ipc: int, source: SourceDataset, labeler: Labeler) -> Path:
+    """The IPC ``ipc`` hard-label set (a uint8 container, whose dense labels ``measure`` does not count)."""
+    return _container(out, ipc, source, labeler, "uint8", None)
 
 
 def _first_at_least(target: int, low: int, size: Callable[[int], int]) -> int:
@@ -235,6 +240,7 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
         draw.line([at(r["bytes"], 100 * r["accuracy_mean"]) for r in (a, b)], fill="red" if adjacent else "grey",
                   width=2 if adjacent else 1)
     ipcs, ladd, keyed = {r["ipc"] for r in hard}, 0, sum(r["method"] != "hard" for r in rows)
+    kx, ky = at(xb, ya)  # the key's lower right corner
     for r in sorted(rows, key=lambda r: r["bytes"]):
         colour = "red" if r["method"] == "hard" else "blue"
         m, s = 100 * r["accuracy_mean"], 100 * r["accuracy_std"]
@@ -247,7 +253,6 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
             continue
         ladd += 1  # LADD points are numbered, named in a key at the lower right (they crowd)
         draw.text((x + 4, y - 16), str(ladd), fill=colour, font=font)
-        kx, ky = at(xb, ya)
         draw.text((kx - 150, ky - 8 - 15 * (keyed + 1 - ladd)), f"{ladd}  {r['encoding']}", fill=colour, font=font)
 
 
@@ -346,7 +351,7 @@ def sizes(args: argparse.Namespace, s: DemoSettings) -> str:
              "|---:|---|---:|---:|---:|---:|---:|"]
     for ipc in args.ipc:
         def hard(m: int) -> int:
-            return _bytes(_container(args.work, m, source, labeler, "uint8", None), dense=False)
+            return _bytes(_hard(args.work, m, source, labeler), dense=False)
 
         paths = {encoding_label(e, p): _container(args.work, ipc, source, labeler, e, p) for e, p in _selected(args)}
         for label, size in sorted(((label, _bytes(path, dense=True)) for label, path in paths.items()),

@@ -135,12 +135,12 @@ class _GroupNorm(nn.GroupNorm):
     mode; TorchScript keeps the usual one."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.jit.is_scripting() or torch.jit.is_tracing()) and x.is_cuda:
-            return self._autocast(x)
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return self._eager(x)
 
     @torch.jit.unused
-    def _autocast(self, x):  # not annotated, as _AvgPool2x2._fast
+    def _eager(self, x):  # not annotated, as _AvgPool2x2._fast
         return _group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
