@@ -12,7 +12,8 @@ the labeler 10 epochs on the whole train split and all 25 crops per image per st
 epochs (this script's default since it was written; the preset itself says 1,000: pass
 --epochs 1000); ``cpu`` is width 64, the labeler 10 epochs on 6,000 images, 200 epochs and 5
 crops per image per step. Explicit flags override the preset; ``--model-epochs NAME=E``
-overrides the epochs for one model. ``--width`` is a ConvNet knob (the other networks have
+overrides the epochs for one model, ``--model-lr NAME=LR`` its learning rate (VGG11 on the LADD
+loss diverges at the field's 0.01 and trains at 0.005: benchmarks/results/vgg11_ladd_lr.md). ``--width`` is a ConvNet knob (the other networks have
 fixed sizes). The labeler and train keywords are the demo's (``DemoSettings.from_preset``), so
 ``--cpu-amp auto`` (the default) uses bfloat16 autocast on a CPU with AMX units as ``ladd demo``
 does; on CUDA the test models train under bfloat16 autocast unless ``--no-amp``.
@@ -23,7 +24,9 @@ the JSON and the markdown header, with the seconds per model and the load averag
 
 The "distilled" images are a seeded random-real selection; baseline and LADD use the first IPC
 of the IPC + 1 per class that baseline++ uses. Every row is written to --json as soon as it is
-known, so a run cut short keeps its rows.
+known, so a run cut short keeps its rows; ``--resume`` keeps them and trains only the (IPC,
+model) pairs the JSON lacks, so a protocol longer than one sitting (the paper preset on a GPU
+whose sessions are short) runs in pieces, on the same labeler (``--labeler-dir``) and settings.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -53,14 +57,38 @@ PAPER_SCRIPT_EPOCHS = 300
 """The epochs under ``--preset paper`` when --epochs is not given (the script's historical default)."""
 
 
-def _model_epochs(items: list[str]) -> dict[str, int]:
+def _per_model(items: list[str], flag: str, cast: type, models: list[str]) -> dict[str, int | float]:
+    """``NAME=VALUE`` items of ``flag`` (a positive ``cast`` value per model named in --models)."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not value.isdigit() or int(value) < 1:
-            raise SystemExit(f"--model-epochs takes NAME=EPOCHS with EPOCHS >= 1, got {item!r}")
-        out[name.lower()] = int(value)
+        try:
+            number = cast(value)
+        except ValueError:
+            number = None
+        if not sep or number is None or not (number > 0 and math.isfinite(number)):
+            raise SystemExit(f"{flag} takes NAME=VALUE with a positive finite {cast.__name__} VALUE, got {item!r}")
+        out[name.lower()] = number
+    unknown = set(out) - {m.lower() for m in models}
+    if unknown:
+        raise SystemExit(f"{flag} names models not in --models: {', '.join(sorted(unknown))}")
     return out
+
+
+_PROTOCOL = ("preset", "seeds", "labeler", "train", "test_images")
+"""The settings a resumed run must share with the JSON it extends (device, threads, IPCs and
+models may differ: each row says its own)."""
+
+
+def _resumed(path: Path, settings: dict) -> dict | None:
+    """The report at ``path`` if it was made with these settings, else exit naming the ones that differ."""
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    differ = [k for k in _PROTOCOL if old["settings"].get(k) != settings[k]]
+    if differ:
+        raise SystemExit(f"--resume: {path} was made with other settings ({', '.join(differ)})")
+    return old
 
 
 def _load() -> str:
@@ -74,6 +102,9 @@ def settings_lines(s: dict) -> list[str]:
     """The settings as markdown-ready lines."""
     lab = s["labeler"]
     per_model = ", ".join(f"{m} {e}" for m, e in s["epochs_per_model"].items())
+    lrs = s["lr_per_model"]
+    lr = (s["train"]["lr"] if len(set(lrs.values()) | {s["train"]["lr"]}) == 1 else
+          f"{s['train']['lr']} ({', '.join(f'{m} {v}' for m, v in lrs.items() if v != s['train']['lr'])})")
     other = "".join(f", {k} {v}" for k, v in lab.items()
                     if k not in ("width", "epochs", "train_images", "amp", "cpu_amp"))
     return [f"preset {s['preset']}; device {s['device']}; torch {s['torch']}; threads {s['threads']}",
@@ -82,7 +113,7 @@ def settings_lines(s: dict) -> list[str]:
             + other,
             f"test models: IPC {', '.join(map(str, s['ipc']))}, {s['seeds']} seeds, epochs per model: {per_model}; "
             f"ConvNet width {s['train']['width']} (other networks have fixed sizes); "
-            f"crops per image per step {s['train']['crops_per_image']}; lr {s['train']['lr']}, "
+            f"crops per image per step {s['train']['crops_per_image']}; lr {lr}, "
             f"batch {s['train']['batch_size']}, augment {s['train']['augment']}",
             f"autocast: {s['amp']}",
             "test split: " + ("all 10,000 test images" if s["test_images"] >= 10_000 else
@@ -112,6 +143,8 @@ def main() -> None:
                     help=f"test-model epochs (cpu preset 200; paper {PAPER_SCRIPT_EPOCHS} here)")
     ap.add_argument("--model-epochs", nargs="+", default=[], metavar="NAME=EPOCHS",
                     help="epochs for one model, overriding --epochs (e.g. vit=100)")
+    ap.add_argument("--model-lr", nargs="+", default=[], metavar="NAME=LR",
+                    help="learning rate for one model, overriding the preset's (e.g. vgg11=0.005)")
     ap.add_argument("--width", type=int, default=None, help="ConvNet width of the test models")
     ap.add_argument("--crops", default=None, help="crops per image per step: all or k")
     ap.add_argument("--labeler-width", type=int, default=None)
@@ -128,8 +161,12 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of --json (same settings and labeler) and train only the pairs it lacks")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
+    if args.resume and args.json is None:
+        raise SystemExit("--resume needs --json (the report to extend)")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     card = _device_name(device)
@@ -148,11 +185,10 @@ def main() -> None:
         train["cpu_amp"] = lab["cpu_amp"] = args.cpu_amp == "on"
     if args.no_amp:
         train["amp"], train["cpu_amp"] = False, False
-    per_model = _model_epochs(args.model_epochs)
-    unknown = set(per_model) - {m.lower() for m in args.models}
-    if unknown:
-        raise SystemExit(f"--model-epochs names models not in --models: {', '.join(sorted(unknown))}")
+    per_model = _per_model(args.model_epochs, "--model-epochs", int, args.models)
     epochs_per_model = {m: per_model.get(m.lower(), train["epochs"]) for m in args.models}
+    per_model = _per_model(args.model_lr, "--model-lr", float, args.models)
+    lr_per_model = {m: per_model.get(m.lower(), train["lr"]) for m in args.models}
     cuda = device.type == "cuda"
     test_amp = train.get("amp", True) and (cuda or train["cpu_amp"])
     labeler_amp = lab.get("amp", True) and (cuda or lab["cpu_amp"])
@@ -163,11 +199,12 @@ def main() -> None:
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     settings = {"preset": args.preset, "device": f"{device.type} ({card})", "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "ipc": args.ipc, "seeds": args.seeds, "labeler": lab,
-                "train": train, "epochs_per_model": epochs_per_model, "amp": amp,
+                "train": train, "epochs_per_model": epochs_per_model, "lr_per_model": lr_per_model, "amp": amp,
                 "test_images": args.test_images or 10_000}
     for line in settings_lines(settings):
         print(line, flush=True)
     print(f"start {started_at}, {_load()}", flush=True)
+    old = _resumed(args.json, settings) if args.resume else None
 
     started = time.perf_counter()
     source = fashion_mnist()
@@ -185,12 +222,28 @@ def main() -> None:
         "labeler_seconds": time.perf_counter() - started, "model_seconds": {}, "rows": []}
     print(f"labeler: {report['labeler_seconds']:.0f} s" + (f" (reused from {args.labeler_dir})" if labeler.reused
                                                            else ""), flush=True)
+    if old is not None:
+        if old["labeler_sha256"] != labeler.checkpoint_sha256:
+            raise SystemExit(f"--resume: {args.json} was made with another labeler (sha256 "
+                             f"{old['labeler_sha256'][:12]}...); pass the --labeler-dir that holds it")
+        for key in ("epochs_per_model", "lr_per_model"):
+            settings[key] = {**old["settings"][key], **settings[key]}
+        settings["ipc"] = sorted(set(old["settings"]["ipc"]) | set(settings["ipc"]))
+        devices = [d for d in old["device"].split(", ") if d != card] + [card]
+        report.update(device=", ".join(devices), started=old["started"], load_start=old["load_start"],
+                      labeler_seconds=old["labeler_seconds"], model_seconds=old["model_seconds"], rows=old["rows"])
+        started -= old["seconds"]
+        print(f"resumed {args.json}: {len(old['rows'])} rows, {old['seconds']:.0f} s", flush=True)
+    done = {(r["ipc_setting"], r["model"]) for r in report["rows"]}
     with tempfile.TemporaryDirectory() as tmp:
         for ipc in args.ipc:
             for model in args.models:
+                if (ipc, model) in done:
+                    continue
                 t0 = time.perf_counter()
                 s = DemoSettings.from_preset(args.preset, ipc=ipc, seeds=args.seeds, labeler=lab,
-                                             train={**train, "epochs": epochs_per_model[model]})
+                                             train={**train, "epochs": epochs_per_model[model],
+                                                    "lr": lr_per_model[model]})
                 rows, _ = compare(Path(tmp) / f"ipc{ipc}", source, labeler, s, model=model,
                                   device=device, progress=not args.quiet)
                 seconds = time.perf_counter() - t0
@@ -198,6 +251,8 @@ def main() -> None:
                 for row in rows:
                     row["ipc_setting"] = ipc
                     row["epochs"] = epochs_per_model[model]
+                    row["lr"] = lr_per_model[model]
+                    row["device"] = card
                     report["rows"].append(row)
                     print(f"IPC {ipc:3d} {model:9s} {row['method']:11s} "
                           f"{100 * row['accuracy_mean']:6.2f} +/- {100 * row['accuracy_std']:.2f}  "
@@ -213,7 +268,7 @@ def main() -> None:
     report["load_end"] = _load()
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
-    header = "\n".join([f"Fashion-MNIST, {args.seeds} seeds, on {card} ({report['seconds']:.0f} s; "
+    header = "\n".join([f"Fashion-MNIST, {args.seeds} seeds, on {report['device']} ({report['seconds']:.0f} s; "
                         f"start {report['load_start']}, end {report['load_end']}). "
                         f"Command: `{report['command']}`", ""]
                        + [f"- {line}" for line in settings_lines(settings)]

@@ -4,9 +4,13 @@
 #   2. benchmarks/train.py: the field's loop against the library, ConvNetD3 at 32 px and
 #      ConvNetD5 at 128 px, IPC 10 and 50, 5 seeds, with the fast-path switches one at a time;
 #   3. benchmarks/accuracy.py across the five architectures at IPC 10 (paper preset, shorter);
-#   4. torch.compile's row, last, since its compile time is the least predictable.
+#   4. torch.compile's row, last, since its compile time is the least predictable;
+#   5. paper (only when named): the paper's full protocol (1,000 epochs, all 25 crops, width 128,
+#      five architectures, IPC 10, 3 seeds), about 40 device-minutes, more than one session
+#      holds, so it resumes: carry out/paper (the labeler and the JSON so far) and copy
+#      $OUT/paper back there after each session.
 # Each step has its own time limit (seconds, overridable) and writes as it goes, so a step cut
-# short keeps its rows. Arguments name the steps to run (default: all four, in order).
+# short keeps its rows. Arguments name the steps to run (default: the first four, in order).
 # Results go to $OUT (default ./out/gpu). Needs torch with CUDA and the package importable;
 # Fashion-MNIST via LADD_DATA_DIR or the usual places.
 set -uo pipefail
@@ -36,3 +40,8 @@ TAIL=12 step architectures "${ARCH_SECONDS:-140}" python3 benchmarks/accuracy.py
 TAIL=8 step compile "${COMPILE_SECONDS:-100}" python3 benchmarks/train.py --device cuda --sizes 128 --ipc 10 \
   --seeds 5 --epochs 100 --crops 0 --test-images 5000 --variants default,compile \
   --json "$OUT/compile.json" --out "$OUT/compile.md"
+if [[ $STEPS == *" paper "* ]]; then mkdir -p "$OUT/paper"; [[ -d out/paper ]] && cp -r out/paper/. "$OUT/paper/"; fi
+TAIL=12 step paper "${PAPER_SECONDS:-420}" python3 benchmarks/accuracy.py --preset paper --epochs 1000 --ipc 10 \
+  --seeds 3 --models convnet alexnet vgg11 resnet18 vit --model-lr vgg11=0.005 --device cuda --quiet \
+  --labeler-dir "$OUT/paper/labeler" --resume --json "$OUT/paper/architectures.json" \
+  --markdown "$OUT/paper/architectures.md"
