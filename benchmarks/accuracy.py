@@ -51,7 +51,7 @@ from ladd_format.presets import PRESETS
 from ladd_format.sources import fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader import _device_name  # noqa: E402  (benchmarks/loader.py)
+from _machine import device_name  # noqa: E402  (benchmarks/_machine.py)
 
 PAPER_SCRIPT_EPOCHS = 300
 """The epochs under ``--preset paper`` when --epochs is not given (the script's historical default)."""
@@ -169,7 +169,7 @@ def main() -> None:
         raise SystemExit("--resume needs --json (the report to extend)")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    card = _device_name(device)
+    card = device_name(device)
     explicit_lab = {k: v for k, v in (("width", args.labeler_width), ("epochs", args.labeler_epochs)) if v is not None}
     if args.labeler_images is not None:
         explicit_lab["train_images"] = args.labeler_images or None

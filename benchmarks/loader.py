@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,9 @@ import ladd_format  # noqa: E402
 from ladd_format.loader import DeviceLoader  # noqa: E402
 from ladd_format.sampler import PATHS, UniformSampler  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import device_name, peak_rss, sync  # noqa: E402  (benchmarks/_machine.py)
+
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -55,26 +56,16 @@ def _dataset(folder, m, size, k_classes=10, seed=0, **write_kwargs):
     return ladd_format.open(path)
 
 
-def _peak_rss():
-    """Peak resident set of this process, bytes. Linux's VmHWM: ru_maxrss would also count
-    the parent's resident set when the process was forked."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        return next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines()
-                    if line.startswith("VmHWM:"))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
-
-
 def measure_load(path, device):
     """Peak RSS after import, open and load of ``path`` in this (fresh) process, and the
     bytes the loader holds beside the stored arrays' bytes (uncompressed and compressed)."""
-    figures = {"rss_import": _peak_rss()}
+    figures = {"rss_import": peak_rss()}
     ds = ladd_format.open(path)
-    figures["rss_open"] = _peak_rss()
+    figures["rss_open"] = peak_rss()
     loader = DeviceLoader(ds, batch_size=256, device=device, crops_per_image=5, augment=None)
-    figures["rss_load"] = _peak_rss()
+    figures["rss_load"] = peak_rss()
     next(iter(loader))
-    figures["rss_batch"] = _peak_rss()
+    figures["rss_batch"] = peak_rss()
     figures["held"] = loader.memory()
     figures["stored"] = {name: a.nbytes for name, a in ds._arrays.items()}
     figures["stored_compressed"] = ds.stored_bytes()
@@ -104,34 +95,17 @@ def bench_memory(args, device):
     return figures
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device, repeats):
     """Best seconds of ``repeats`` calls after one warm-up call (shared machines are noisy)."""
     fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def _device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def bench_paths(device, size, batch, repeats):
@@ -280,7 +254,7 @@ def main(argv=None):
     folder = tempfile.TemporaryDirectory()
     ds = _dataset(folder.name, images, args.size, encoding="uint8")
     results = {
-        "device": str(device), "device_name": _device_name(device), "torch": torch.__version__,
+        "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
         "size": args.size, "images": images, "encoding": "uint8", "batch_images": batch,
         "crops_per_batch": batch * 25,
         "cpu_cores": cpu_cores, "torch_threads": threads, "pil_workers": workers,

@@ -78,7 +78,7 @@ from ladd_format.models import build_model  # noqa: E402
 from ladd_format.sources import fashion_mnist, from_arrays, random_real  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader import _device_name, _sync  # noqa: E402  (benchmarks/loader.py)
+from _machine import device_name, load_average, peak_rss, sync  # noqa: E402  (benchmarks/_machine.py)
 
 MiB = 1 << 20
 MODELS = {32: "convnetd3", 128: "convnetd5"}
@@ -96,19 +96,6 @@ def _side(variant: str) -> str:
 # machine figures
 
 
-def _peak_rss() -> int:
-    """Peak resident set (VmHWM) of this process, bytes (ru_maxrss where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _reset_peaks(device: torch.device) -> bool:
     """Reset VmHWM to the current RSS (Linux clear_refs "5") and the device peak; whether the
     RSS peak could be reset (else the figure is the process's peak so far)."""
@@ -123,10 +110,6 @@ def _reset_peaks(device: torch.device) -> bool:
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _load() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 # ------------------------------------------------------------------------------------------
@@ -209,12 +192,12 @@ def run_field(ds, seeds: int, *, model: str, width: int, epochs: int, lr: float,
     info = ds.manifest.image
     pixels = torch.from_numpy(np.asarray(ds.images)).permute(0, 3, 1, 2)
     labels = torch.from_numpy(np.asarray(ds.labels, dtype=np.int64))
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     images = normalise(pixels, info.mean, info.std)  # as saved by MTT: normalised float32
     models = [field_train(images, labels, model=model, width=width, num_classes=ds.num_classes,
                           epochs=epochs, lr=lr, seed=s, device=device) for s in range(seeds)]
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, models, "TensorDataset + DataLoader, one seed after another"
 
 
@@ -228,7 +211,7 @@ def run_library(ds, seeds: int, *, mode: str, model: str, width: int, epochs: in
     kwargs = dict(mode=mode, model=model, width=width, epochs=epochs, lr=lr, batch_size=BATCH,
                   crops_per_image=crops if mode == "ladd" else None, device=device, amp=amp, progress=False,
                   **fast)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     if hasattr(ladd_train, "train_seeds"):
         results = ladd_train.train_seeds(ds, seeds=seeds, together=together, **kwargs)
@@ -236,7 +219,7 @@ def run_library(ds, seeds: int, *, mode: str, model: str, width: int, epochs: in
     else:
         results = [ladd_train.train(ds, seed=s, **kwargs) for s in range(seeds)]
         api = "train() per seed (no train_seeds in this library)"
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, [r.model for r in results], api
 
 
@@ -265,9 +248,9 @@ def run_case(ds, source, args, device: torch.device, size: int) -> list[dict]:
     for who, mode, crops, fn in sides:
         fn(1, 1)  # warm-up: one epoch of one seed (lazy initialisation, kernels, caches)
         rss_reset = _reset_peaks(device)
-        load = _load()
+        load = load_average()
         seconds, models, api = fn(epochs, args.seeds)
-        peak = _peak_rss()
+        peak = peak_rss()
         dev_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         accs = [ladd_train.evaluate(net, source.test_images, source.test_labels, info.mean, info.std)
                 for net in models]
@@ -420,11 +403,11 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     info = {"command": "python benchmarks/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": f"{_device_name(torch.device('cpu'))}, {_cores()} cores, "
+            "machine": f"{device_name(torch.device('cpu'))}, {_cores()} cores, "
                        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
-            "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
+            "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
             "cores": _cores(), "python": platform.python_version(), "torch": torch.__version__,
-            "ladd_format": getattr(ladd_format, "__version__", "?"), "load_start": _load(),
+            "ladd_format": getattr(ladd_format, "__version__", "?"), "load_start": load_average(),
             "settings": f"seeds {args.seeds}, epochs {_per_size(args.epochs_by_size, args.sizes)}, batch {BATCH}, "
                         f"width {args.width}, lr {args.lr}, SGD momentum 0.9 wd 5e-4, lr x0.1 after half the epochs, "
                         f"DSA on every side; ladd row k = {_per_size(args.crops_by_size, args.sizes)} crops per image "
@@ -456,7 +439,7 @@ def main(argv=None) -> int:
                     args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=1))
             del source, labeler
     info["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    info["load_end"] = _load()
+    info["load_end"] = load_average()
     text = report(info, rows)
     print()
     print(text)
