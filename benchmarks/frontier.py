@@ -240,6 +240,7 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
         draw.line([at(r["bytes"], 100 * r["accuracy_mean"]) for r in (a, b)], fill="red" if adjacent else "grey",
                   width=2 if adjacent else 1)
     ipcs, ladd, keyed = {r["ipc"] for r in hard}, 0, sum(r["method"] != "hard" for r in rows)
+    names: list[tuple[float, float]] = []  # where the hard runs' names went
     kx, ky = at(xb, ya)  # the key's lower right corner
     for r in sorted(rows, key=lambda r: r["bytes"]):
         colour = "red" if r["method"] == "hard" else "blue"
@@ -248,8 +249,17 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
         draw.line([at(r["bytes"], m - s), at(r["bytes"], m + s)], fill=colour)
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         if r["method"] == "hard":
-            if not {r["ipc"] - 1, r["ipc"] + 1} <= ipcs:  # a run of hard IPCs is named at its ends
-                draw.text((x + 5, y + 4), f"IPC {r['ipc']}", fill=colour, font=font)
+            if r["ipc"] + 1 not in ipcs:  # a run of hard IPCs is named once, at its end
+                first = r["ipc"]
+                while first - 1 in ipcs:
+                    first -= 1
+                name = f"IPC {first}" + (f"-{r['ipc']}" if first < r["ipc"] else "")
+                width = draw.textlength(name, font=font)
+                lx, ly = (x + 5 if x + 5 + width < x0 + w else x - 5 - width), y + 4  # inside the panel
+                while any(abs(lx - px) < width and abs(ly - py) < 13 for px, py in names):
+                    ly += 13  # below the names already drawn that it would cover
+                names.append((lx, ly))
+                draw.text((lx, ly), name, fill=colour, font=font)
             continue
         ladd += 1  # LADD points are numbered, named in a key at the lower right (they crowd)
         draw.text((x + 4, y - 16), str(ladd), fill=colour, font=font)
