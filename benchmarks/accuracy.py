@@ -13,9 +13,9 @@ epochs (this script's default since it was written; the preset itself says 1,000
 --epochs 1000); ``cpu`` is width 64, the labeler 10 epochs on 6,000 images, 200 epochs and 5
 crops per image per step. Explicit flags override the preset; ``--model-epochs NAME=E``
 overrides the epochs for one model, ``--model-lr NAME=LR`` its learning rate (VGG11 on the LADD
-loss diverges at the field's 0.01 and trains at 0.005: benchmarks/results/vgg11_ladd_lr.md). ``--width`` is a ConvNet knob (the other networks have
-fixed sizes). The labeler and train keywords are the demo's (``DemoSettings.from_preset``), so
-``--cpu-amp auto`` (the default) uses bfloat16 autocast on a CPU with AMX units as ``ladd demo``
+loss diverges at the field's 0.01 and trains at 0.005: benchmarks/results/vgg11_ladd_lr.md).
+``--width`` is a ConvNet knob (the other networks have fixed sizes). The labeler and train
+keywords are the demo's (``DemoSettings.from_preset``), so ``--cpu-amp auto`` (the default) uses bfloat16 autocast on a CPU with AMX units as ``ladd demo``
 does; on CUDA the test models train under bfloat16 autocast unless ``--no-amp``.
 ``--test-images N`` tests on a seeded subset of the test split (evaluating the larger networks
 on all 10,000 images costs minutes each on a CPU); ``--labeler-dir`` keeps the labeler and
@@ -226,8 +226,8 @@ def main() -> None:
         if old["labeler_sha256"] != labeler.checkpoint_sha256:
             raise SystemExit(f"--resume: {args.json} was made with another labeler (sha256 "
                              f"{old['labeler_sha256'][:12]}...); pass the --labeler-dir that holds it")
-        for key in ("epochs_per_model", "lr_per_model"):
-            settings[key] = {**old["settings"][key], **settings[key]}
+        for key, field in (("epochs_per_model", "epochs"), ("lr_per_model", "lr")):  # what the kept rows ran
+            settings[key] = {**settings[key], **{r["model"]: r.get(field, train[field]) for r in old["rows"]}}
         settings["ipc"] = sorted(set(old["settings"]["ipc"]) | set(settings["ipc"]))
         devices = [d for d in old["device"].split(", ") if d != card] + [card]
         report.update(device=", ".join(devices), started=old["started"], load_start=old["load_start"],
