@@ -1,7 +1,7 @@
 """Machine figures the benchmarks print beside their timings: device name, peak RSS, load.
 
-One copy for every benchmark script (they import it as a sibling module, as they run as
-scripts from any working directory)."""
+Shared by loader.py, train.py and accuracy.py, which import it as a sibling module (they run
+as scripts from any working directory)."""
 
 from __future__ import annotations
 

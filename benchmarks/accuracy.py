@@ -15,8 +15,8 @@ crops per image per step. Explicit flags override the preset; ``--model-epochs N
 overrides the epochs for one model, ``--model-lr NAME=LR`` its learning rate (VGG11 on the LADD
 loss diverges at the field's 0.01 and trains at 0.005: benchmarks/results/vgg11_ladd_lr.md).
 ``--width`` is a ConvNet knob (the other networks have fixed sizes). The labeler and train
-keywords are the demo's (``DemoSettings.from_preset``), so ``--cpu-amp auto`` (the default) uses bfloat16 autocast on a CPU with AMX units as ``ladd demo``
-does; on CUDA the test models train under bfloat16 autocast unless ``--no-amp``.
+keywords are the demo's (``DemoSettings.from_preset``), so ``--cpu-amp auto`` (the default)
+uses bfloat16 autocast on a CPU with AMX units as ``ladd demo`` does; on CUDA the test models train under bfloat16 autocast unless ``--no-amp``.
 ``--test-images N`` tests on a seeded subset of the test split (evaluating the larger networks
 on all 10,000 images costs minutes each on a CPU); ``--labeler-dir`` keeps the labeler and
 reuses it in a later run with the same settings. The settings used are printed and written to
@@ -57,8 +57,9 @@ PAPER_SCRIPT_EPOCHS = 300
 """The epochs under ``--preset paper`` when --epochs is not given (the script's historical default)."""
 
 
-def _per_model(items: list[str], flag: str, cast: type, models: list[str]) -> dict[str, int | float]:
-    """``NAME=VALUE`` items of ``flag`` (a positive ``cast`` value per model named in --models)."""
+def _per_model(items: list[str], flag: str, cast: type, models: list[str], default: float) -> dict[str, float]:
+    """Each of ``models`` with its value: the one ``flag`` gives it (``NAME=VALUE``, a positive
+    finite ``cast``), else ``default``."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -72,7 +73,7 @@ def _per_model(items: list[str], flag: str, cast: type, models: list[str]) -> di
     unknown = set(out) - {m.lower() for m in models}
     if unknown:
         raise SystemExit(f"{flag} names models not in --models: {', '.join(sorted(unknown))}")
-    return out
+    return {m: out.get(m.lower(), default) for m in models}
 
 
 _PROTOCOL = ("preset", "seeds", "labeler", "train", "test_images")
@@ -185,10 +186,8 @@ def main() -> None:
         train["cpu_amp"] = lab["cpu_amp"] = args.cpu_amp == "on"
     if args.no_amp:
         train["amp"], train["cpu_amp"] = False, False
-    per_model = _per_model(args.model_epochs, "--model-epochs", int, args.models)
-    epochs_per_model = {m: per_model.get(m.lower(), train["epochs"]) for m in args.models}
-    per_model = _per_model(args.model_lr, "--model-lr", float, args.models)
-    lr_per_model = {m: per_model.get(m.lower(), train["lr"]) for m in args.models}
+    epochs_per_model = _per_model(args.model_epochs, "--model-epochs", int, args.models, train["epochs"])
+    lr_per_model = _per_model(args.model_lr, "--model-lr", float, args.models, train["lr"])
     cuda = device.type == "cuda"
     test_amp = train.get("amp", True) and (cuda or train["cpu_amp"])
     labeler_amp = lab.get("amp", True) and (cuda or lab["cpu_amp"])

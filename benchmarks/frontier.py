@@ -250,10 +250,7 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         if r["method"] == "hard":
             if r["ipc"] + 1 not in ipcs:  # a run of hard IPCs is named once, at its end
-                first = r["ipc"]
-                while first - 1 in ipcs:
-                    first -= 1
-                name = f"IPC {first}" + (f"-{r['ipc']}" if first < r["ipc"] else "")
+                name = _run_name(r["ipc"], ipcs)
                 width = draw.textlength(name, font=font)
                 lx, ly = (x + 5 if x + 5 + width < x0 + w else x - 5 - width), y + 4  # inside the panel
                 while any(abs(lx - px) < width and abs(ly - py) < 13 for px, py in names):
@@ -264,6 +261,14 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
         ladd += 1  # LADD points are numbered, named in a key at the lower right (they crowd)
         draw.text((x + 4, y - 16), str(ladd), fill=colour, font=font)
         draw.text((kx - 150, ky - 8 - 15 * (keyed + 1 - ladd)), f"{ladd}  {r['encoding']}", fill=colour, font=font)
+
+
+def _run_name(last: int, ipcs: set[int]) -> str:
+    """``IPC 98-99`` for the run of consecutive trained IPCs that ends at ``last`` (``IPC 50`` alone)."""
+    first = last
+    while first - 1 in ipcs:
+        first -= 1
+    return f"IPC {first}" + (f"-{last}" if first < last else "")
 
 
 def _padded(lo: float, hi: float) -> tuple[float, float]:
