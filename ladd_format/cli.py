@@ -129,7 +129,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(format_table(report))
     print(f"\ncontainer: {report['container']}  (ladd inspect / ladd show it)")
-    print(f"results:   {Path(args.out) / 'results.json'}  ({report['seconds']:.0f} s)")
+    phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["phase_seconds"].items())
+    print(f"results:   {Path(args.out) / 'results.json'}  ({report['seconds']:.0f} s: {phases})")
     return 0
 
 

@@ -95,6 +95,10 @@ def run_demo(out_dir: str | os.PathLike[str], settings: DemoSettings, *, source:
              device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the whole pipeline; returns the table rows and paths (also saved as results.json).
 
+    ``phase_seconds`` splits the wall time: the labeler (loading the source included), the
+    containers (drawing or distilling the images, labelling their crops, writing both
+    containers), then each method's training and testing of its seeds (each row's ``seconds``).
+
     A finished labeler from an earlier run with the same settings is reused (its digest is
     checked), so an interrupted demo picks up at labeling.
     """
@@ -107,10 +111,15 @@ def run_demo(out_dir: str | os.PathLike[str], settings: DemoSettings, *, source:
     if labeler.reused and progress:
         print(f"reusing the finished labeler {out / 'labeler'} (same settings, sha256 "
               f"{labeler.checkpoint_sha256[:12]}... checked; delete the folder to train it again)")
+    labeled = time.perf_counter()
     rows, container = compare(out, source, labeler, s, device=device, progress=progress)
+    finished = time.perf_counter()
+    trained = sum(row["seconds"] for row in rows)
+    phases = {"labeler": labeled - started, "containers": finished - labeled - trained,
+              **{row["method"]: row["seconds"] for row in rows}}
     report = {"settings": dataclasses.asdict(s), "container": str(container), "rows": rows,
               "labeler_checkpoint_sha256": labeler.checkpoint_sha256, "labeler_reused": labeler.reused,
-              "seconds": time.perf_counter() - started}
+              "seconds": finished - started, "phase_seconds": phases}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -119,8 +128,9 @@ def compare(out: Path, source: SourceDataset, labeler: Labeler, s: DemoSettings,
             device: str | torch.device | None = None, progress: bool = True) -> tuple[list[dict[str, Any]], Path]:
     """Baseline (IPC, hard), baseline++ (IPC + 1, hard) and LADD (IPC, dense) at ``s.ipc``.
 
-    Writes the IPC and IPC + 1 containers into ``out``; returns the table rows and the LADD
-    container's path. Every method trains ``s.seeds`` fresh models of ``model`` (:func:`~ladd_format.train.train_seeds`).
+    Writes the IPC and IPC + 1 containers into ``out``; returns the table rows (each with the
+    ``seconds`` its seeds took to train and test) and the LADD container's path. Every method
+    trains ``s.seeds`` fresh models of ``model`` (:func:`~ladd_format.train.train_seeds`).
     """
     paths = {}
     for ipc, (images, labels, provenance) in _image_sets(source, s, device, progress).items():
@@ -131,9 +141,10 @@ def compare(out: Path, source: SourceDataset, labeler: Labeler, s: DemoSettings,
             "LADD": (paths[s.ipc], "ladd")}
     rows = []
     for method, (path, mode) in runs.items():
+        started = time.perf_counter()
         with open_container(path) as ds:
-            rows.append({"method": method, **measure(ds, source, s, mode, model=model, device=device,
-                                                      progress=progress)})
+            row = measure(ds, source, s, mode, model=model, device=device, progress=progress)
+        rows.append({"method": method, **row, "seconds": time.perf_counter() - started})
     for row in rows:
         row["overhead_percent"] = 100.0 * (row["bytes"] - rows[0]["bytes"]) / rows[0]["bytes"]
     return rows, paths[s.ipc]

@@ -145,6 +145,10 @@ def test_demo_runs_and_its_container_validates(source, tmp_path):
     base, plus, ladd = report["rows"]
     assert base["overhead_percent"] == 0 and plus["bytes"] > base["bytes"] and ladd["bytes"] > base["bytes"]
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["rows"] == report["rows"]
+    phases = report["phase_seconds"]  # where the wall time went: every phase named, none negative, they add up
+    assert list(phases) == ["labeler", "containers", "baseline", "baseline++", "LADD"]
+    assert all(v >= 0 for v in phases.values()) and [r["seconds"] for r in report["rows"]] == list(phases.values())[2:]
+    assert sum(phases.values()) == pytest.approx(report["seconds"])
     assert cli(["validate", report["container"]]) == 0
     with ladd_format.open(report["container"]) as ds:
         assert ds.ipc == 2 and ds.manifest.distillation.method == "random-real"
