@@ -240,9 +240,13 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
         draw.line([at(r["bytes"], 100 * r["accuracy_mean"]) for r in (a, b)], fill="red" if adjacent else "grey",
                   width=2 if adjacent else 1)
     ipcs, ladd, keyed = {r["ipc"] for r in hard}, 0, sum(r["method"] != "hard" for r in rows)
-    names: list[tuple[float, float]] = []  # where the hard runs' names went
+    ordered = sorted(rows, key=lambda r: r["bytes"])
+    numbers = [r for r in ordered if r["method"] != "hard"]
+    taken = [(at(r["bytes"], 100 * r["accuracy_mean"]), draw.textlength(str(j), font=font))
+             for j, r in enumerate(numbers, 1)]  # LADD numbers' anchors, then the hard runs' names
+    taken = [((x + 4, y - 16), width) for (x, y), width in taken]
     kx, ky = at(xb, ya)  # the key's lower right corner
-    for r in sorted(rows, key=lambda r: r["bytes"]):
+    for r in ordered:
         colour = "red" if r["method"] == "hard" else "blue"
         m, s = 100 * r["accuracy_mean"], 100 * r["accuracy_std"]
         x, y = at(r["bytes"], m)
@@ -253,9 +257,9 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
                 name = _run_name(r["ipc"], ipcs)
                 width = draw.textlength(name, font=font)
                 lx, ly = (x + 5 if x + 5 + width < x0 + w else x - 5 - width), y + 4  # inside the panel
-                while any(abs(lx - px) < width and abs(ly - py) < 13 for px, py in names):
-                    ly += 13  # below the names already drawn that it would cover
-                names.append((lx, ly))
+                while any(px < lx + width and lx < px + pw and abs(ly - py) < 13 for (px, py), pw in taken):
+                    ly += 13  # below the names and numbers already there that it would cover
+                taken.append(((lx, ly), width))
                 draw.text((lx, ly), name, fill=colour, font=font)
             continue
         ladd += 1  # LADD points are numbered, named in a key at the lower right (they crowd)
