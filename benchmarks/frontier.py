@@ -241,10 +241,18 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
                   width=2 if adjacent else 1)
     ipcs, ladd, keyed = {r["ipc"] for r in hard}, 0, sum(r["method"] != "hard" for r in rows)
     ordered = sorted(rows, key=lambda r: r["bytes"])
-    numbers = [r for r in ordered if r["method"] != "hard"]
-    taken = [(at(r["bytes"], 100 * r["accuracy_mean"]), draw.textlength(str(j), font=font))
-             for j, r in enumerate(numbers, 1)]  # LADD numbers' anchors, then the hard runs' names
-    taken = [((x + 4, y - 16), width) for (x, y), width in taken]
+    taken: list[tuple[tuple[float, float], float]] = []  # LADD numbers, then hard runs' names: (corner, width)
+
+    def free(lx: float, ly: float, width: float) -> bool:
+        return not any(px < lx + width and lx < px + pw and abs(ly - py) < 13 for (px, py), pw in taken)
+
+    for j, r in enumerate((r for r in ordered if r["method"] != "hard"), 1):
+        (lx, ly), width = at(r["bytes"], 100 * r["accuracy_mean"]), draw.textlength(str(j), font=font)
+        lx, ly = lx + 4, ly - 16
+        while not free(lx, ly, width):
+            lx += 2  # right of the numbers of points it crowds: a cluster reads "7 8 9"
+        taken.append(((lx, ly), width))
+    numbers = iter(list(taken))
     kx, ky = at(xb, ya)  # the key's lower right corner
     for r in ordered:
         colour = "red" if r["method"] == "hard" else "blue"
@@ -257,13 +265,13 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
                 name = _run_name(r["ipc"], ipcs)
                 width = draw.textlength(name, font=font)
                 lx, ly = (x + 5 if x + 5 + width < x0 + w else x - 5 - width), y + 4  # inside the panel
-                while any(px < lx + width and lx < px + pw and abs(ly - py) < 13 for (px, py), pw in taken):
+                while not free(lx, ly, width):
                     ly += 13  # below the names and numbers already there that it would cover
                 taken.append(((lx, ly), width))
                 draw.text((lx, ly), name, fill=colour, font=font)
             continue
         ladd += 1  # LADD points are numbered, named in a key at the lower right (they crowd)
-        draw.text((x + 4, y - 16), str(ladd), fill=colour, font=font)
+        draw.text(next(numbers)[0], str(ladd), fill=colour, font=font)
         draw.text((kx - 150, ky - 8 - 15 * (keyed + 1 - ladd)), f"{ladd}  {r['encoding']}", fill=colour, font=font)
 
 
