@@ -1,6 +1,6 @@
 """Accuracy against on-disk bytes: hard labels at IPC n, n+1, ... against LADD at every encoding.
 
-    python benchmarks/frontier.py --ipc 1 10 [--seeds 3] [--epochs 200] [--out benchmarks/results/frontier.md]
+    python benchmarks/frontier.py --ipc 1 10 [--seeds 3] [--epochs 200] [--json out/frontier/frontier.json]
 
 Fashion-MNIST, random-real images (nested draws: the IPC n set is the first n images of each
 class of any larger draw), the demo's labeler and trainer (``--preset cpu`` unless told
@@ -8,9 +8,12 @@ otherwise; ``--epochs`` overrides the preset's epochs for every point alike). Fo
 LADD at IPC n under every encoding, then hard labels at IPC n, n+1, ... until their bytes pass
 the largest LADD container's. Every point trains ``--seeds`` ConvNets with the same settings
 (:func:`ladd_format.demo.measure`, which also counts the bytes as the demo does: images +
-labels on disk, plus every dense-label array for LADD). Rows go to ``--json`` as they come, so
-a run cut short keeps them; ``--from-json`` only rebuilds the table and the plot; ``--sizes``
-trains nothing and lists every encoding's bytes against the hard-label sets.
+labels on disk, plus every dense-label array for LADD). Rows go to ``--json`` (default: the
+work folder's frontier.json) as they come, so a run cut short keeps them; the table and plot go
+beside it (``--out``, ``--png`` to put them elsewhere). ``--from-json`` only rebuilds them,
+printing the table and writing just the files that ``--out`` and ``--png`` name, so that a
+rebuild never overwrites a curated results file by default; ``--sizes`` trains nothing and lists
+every encoding's bytes against the hard-label sets.
 
 A LADD point *beats hard labels at equal bytes* when its mean accuracy exceeds that of the
 best hard-label set up to the smallest one holding at least as many bytes by more than the
@@ -298,9 +301,9 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, default=None,
                     help="test on the first N/K test images of each class (default: the whole test split)")
     ap.add_argument("--work", type=Path, default=Path("out/frontier"), help="labeler and containers")
-    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/frontier.json"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier.md"))
-    ap.add_argument("--png", type=Path, default=Path("benchmarks/results/frontier.png"))
+    ap.add_argument("--json", type=Path, default=None, help="the report (default: WORK/frontier.json)")
+    ap.add_argument("--out", type=Path, default=None, help="the table (default: beside --json; none with --from-json)")
+    ap.add_argument("--png", type=Path, default=None, help="the plot (default: beside --json; none with --from-json)")
     ap.add_argument("--encodings", nargs="+", default=None, metavar="LABEL",
                     help="only these LADD points, named as in the table (e.g. uint8 'topk k=1 smoothing')")
     ap.add_argument("--hard", choices=("curve", "bracket"), default="curve",
@@ -322,15 +325,20 @@ def main() -> None:
     if args.from_json:
         report = _merged([json.loads(path.read_text()) for path in args.from_json])
     else:
+        args.json = args.json or args.work / "frontier.json"
+        args.out, args.png = args.out or args.json.with_suffix(".md"), args.png or args.json.with_suffix(".png")
         report = run(args, s)
     table = markdown(report["rows"], [f"Accuracy against bytes on Fashion-MNIST (`benchmarks/frontier.py`), IPC "
                                       f"{', '.join(map(str, report['ipcs']))}: {report['seconds']:.0f} s", "",
                                       "Settings: " + ", ".join(_shared(report["settings"]))])
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
-    plot(report["rows"], args.png)
-    print(f"wrote {args.out} and {args.png} (drawn with Pillow)")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+        print(f"wrote {args.out}")
+    if args.png:
+        plot(report["rows"], args.png)
+        print(f"wrote {args.png} (drawn with Pillow)")
 
 
 def _merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
