@@ -16,7 +16,8 @@ overrides the epochs for one model, ``--model-lr NAME=LR`` its learning rate (VG
 loss diverges at the field's 0.01 and trains at 0.005: benchmarks/results/vgg11_ladd_lr.md).
 ``--width`` is a ConvNet knob (the other networks have fixed sizes). The labeler and train
 keywords are the demo's (``DemoSettings.from_preset``), so ``--cpu-amp auto`` (the default)
-uses bfloat16 autocast on a CPU with AMX units as ``ladd demo`` does; on CUDA the test models train under bfloat16 autocast unless ``--no-amp``.
+uses bfloat16 autocast on a CPU with AMX units as ``ladd demo`` does; on CUDA the test models
+train under bfloat16 autocast unless ``--no-amp``.
 ``--test-images N`` tests on a seeded subset of the test split (evaluating the larger networks
 on all 10,000 images costs minutes each on a CPU); ``--labeler-dir`` keeps the labeler and
 reuses it in a later run with the same settings. The settings used are printed and written to

@@ -255,7 +255,7 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
         while not free(lx, ly, width):
             lx += 2  # right of the numbers of points it crowds: a cluster reads "7 8 9"
         taken.append(((lx, ly), width))
-    numbers = iter(list(taken))
+    numbers = [corner for corner, _ in taken]  # LADD point j's number goes at numbers[j - 1]
     kx, ky = at(xb, ya)  # the key's lower right corner
     for r in ordered:
         colour = "red" if r["method"] == "hard" else "blue"
@@ -274,7 +274,7 @@ def _panel(draw: Any, font: Any, rows: list[dict], box: tuple[int, int, int, int
                 draw.text((lx, ly), name, fill=colour, font=font)
             continue
         ladd += 1  # LADD points are numbered, named in a key at the lower right (they crowd)
-        draw.text(next(numbers)[0], str(ladd), fill=colour, font=font)
+        draw.text(numbers[ladd - 1], str(ladd), fill=colour, font=font)
         draw.text((kx - 150, ky - 8 - 15 * (keyed + 1 - ladd)), f"{ladd}  {r['encoding']}", fill=colour, font=font)
 
 
