@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # GPU checks and GPU benchmarks in one bounded run (about 10 minutes on one H100/H200):
 #   1. the CUDA tests (crop function, loader, DSA, grouped seeds, fast path);
-#   2. benchmarks/train.py: the field's loop against the library, ConvNetD3 at 32 px and
+#   2. profile: where a step's time goes (benchmarks/train.py --profile: the kernels' busy time
+#      against the wall time, launches and synchronisations a step, the heaviest kernels), field
+#      loop and library at 32 and 128 px, IPC 10, 5 seeds;
+#   3. benchmarks/train.py: the field's loop against the library, ConvNetD3 at 32 px and
 #      ConvNetD5 at 128 px, IPC 10 and 50, 5 seeds, with the fast-path switches one at a time;
-#   3. benchmarks/accuracy.py across the five architectures at IPC 10 (paper preset, shorter);
-#   4. torch.compile's row, last, since its compile time is the least predictable;
-#   5. paper (only when named): the paper's full protocol (1,000 epochs, all 25 crops, width 128,
+#   4. architectures (only when named; measured on an H100 before): benchmarks/accuracy.py across
+#      the five architectures at IPC 10 (paper preset, shorter);
+#   5. torch.compile's row, last of the default steps, since its compile time is the least
+#      predictable;
+#   6. paper (only when named): the paper's full protocol (1,000 epochs, all 25 crops, width 128,
 #      five architectures, IPC 10, 3 seeds), about 40 device-minutes, more than one session
 #      holds, so it resumes: carry out/paper (the labeler and the JSON so far) and copy
 #      $OUT/paper back there after each session.
 # Each step has its own time limit (seconds, overridable) and writes as it goes, so a step cut
-# short keeps its rows. Arguments name the steps to run (default: the first four, in order).
+# short keeps its rows. Arguments name the steps to run (default: the first four, in order,
+# 590 s of limits, within one 600 s device command).
 # Results go to $OUT (default ./out/gpu). Needs torch with CUDA and the package importable;
 # Fashion-MNIST via LADD_DATA_DIR or the usual places.
 set -uo pipefail
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=" ${*:-tests train architectures compile} "
+STEPS=" ${*:-tests profile train compile} "
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, say how it ended
   local name=$1 limit=$2 start=$SECONDS
   shift 2
@@ -31,6 +37,9 @@ python3 -c 'import torch, ladd_format; print("device:", torch.cuda.get_device_na
 "| cuda", torch.version.cuda, "| cudnn", torch.backends.cudnn.version())' | tee "$OUT/device.txt"
 step tests "${TESTS_SECONDS:-90}" python3 -m pytest -q -p no:cacheprovider -k "cuda or CUDA" \
   tests/test_sampler.py tests/test_loader.py tests/test_dsa.py tests/test_loader_compact.py tests/test_seeds.py tests/test_models.py
+TAIL=12 step profile "${PROFILE_SECONDS:-120}" python3 benchmarks/train.py --device cuda --sizes 32,128 --ipc 10 \
+  --seeds 5 --epochs 20,10 --crops 5,0 --test-images 1000 --pool 2000 --labeler-epochs 1 --profile 20 \
+  --json "$OUT/profile.json" --out "$OUT/profile.md"
 step train "${TRAIN_SECONDS:-280}" python3 benchmarks/train.py --device cuda --sizes 32,128 --ipc 10,50 --seeds 5 \
   --epochs 300,100 --crops 5,0 --test-images 5000 --variants default,channels-last,separate,fp32 \
   --json "$OUT/train.json" --out "$OUT/train.md"

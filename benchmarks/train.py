@@ -48,6 +48,7 @@ Prints everything (no assertions on timing); ``--out`` writes the markdown repor
     python benchmarks/train.py --device cuda --out benchmarks/results/train_h100.md
     python benchmarks/train.py --device cuda --epochs 300,100 --crops 5,0 \
         --variants default,channels-last,separate,fp32,compile   # one fast-path switch per row
+    python benchmarks/train.py --device cuda --ipc 10 --epochs 20,10 --profile 20   # where the time goes
 """
 
 from __future__ import annotations
@@ -224,6 +225,50 @@ def run_library(ds, seeds: int, *, mode: str, model: str, width: int, epochs: in
 
 
 # ------------------------------------------------------------------------------------------
+# where a row's time goes (--profile)
+
+_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def profile_side(fn, epochs: int, seeds: int, device: torch.device, top: int = 8) -> dict:
+    """Run ``fn(epochs, seeds)`` again under torch.profiler (not the timed run: the profiler
+    slows the host) and say where its time went: on CUDA the kernels' busy time against the
+    wall time (far below it: the device waits for the host, launches or synchronisations),
+    the launches, the host's blocking calls (memcpy from pageable memory blocks when the driver
+    stages it) and the kernels that take most time; on a CPU the operators instead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        fn(epochs, seeds)
+        sync(device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+
+    def calls(names):
+        return sum(e.count for e in events if e.key in names), sum(e.cpu_time_total for e in events if e.key in names)
+
+    if cuda:
+        timed = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+        key = "self_device_time_total"
+    else:
+        timed = [e for e in events if e.key.startswith("aten::") and e.self_cpu_time_total > 0]
+        key = "self_cpu_time_total"
+    busy = sum(getattr(e, key) for e in timed) / 1e6
+    launches, launch_us = calls(_LAUNCHES)
+    syncs, sync_us = calls(_SYNCS)
+    copies, copy_us = calls(("cudaMemcpyAsync", "cudaMemcpy"))
+    heaviest = sorted(timed, key=lambda e: -getattr(e, key))[:top]
+    return {"wall": wall, "busy": busy, "busy_what": "kernels" if cuda else "aten operators (self)",
+            "calls": sum(e.count for e in timed), "launches": launches, "launch_s": launch_us / 1e6,
+            "syncs": syncs, "sync_s": sync_us / 1e6, "copies": copies, "copy_s": copy_us / 1e6,
+            "top": [{"name": e.key[:90], "count": e.count, "seconds": getattr(e, key) / 1e6} for e in heaviest]}
+
+
+# ------------------------------------------------------------------------------------------
 # one case
 
 
@@ -255,12 +300,16 @@ def run_case(ds, source, args, device: torch.device, size: int) -> list[dict]:
         accs = [ladd_train.evaluate(net, source.test_images, source.test_labels, info.mean, info.std)
                 for net in models]
         inputs = args.seeds * epochs * m * (1 + crops)
+        profiled = None
+        if args.profile:
+            profiled = profile_side(fn, args.profile, args.seeds, device)
+            profiled["steps"] = args.profile * steps_per_epoch
         row = {"size": size, "model": model, "ipc": ds.ipc, "images": m, "side": who, "mode": mode, "k": crops,
                "api": api, "seeds": args.seeds, "epochs": epochs, "steps": epochs * steps_per_epoch,
                "seconds": seconds, "s_per_seed": seconds / args.seeds, "inputs": inputs,
                "inputs_per_s": inputs / seconds, "accuracies": accs, "acc_mean": float(np.mean(accs)),
                "acc_std": float(np.std(accs)), "peak_rss": peak, "rss_reset": rss_reset,
-               "device_peak": dev_peak, "load": load}
+               "device_peak": dev_peak, "load": load, "profile": profiled}
         rows.append(row)
         base = rows[0]["inputs_per_s"]
         print(f"  {size:>3} px {model} IPC {ds.ipc:>3} {who:<10} {mode:<4} k={crops:<2} {seconds:8.2f} s "
@@ -268,8 +317,18 @@ def run_case(ds, source, args, device: torch.device, size: int) -> list[dict]:
               f"{row['inputs_per_s'] / base:5.2f}x  acc {100 * row['acc_mean']:.2f} +/- {100 * row['acc_std']:.2f}  "
               f"peak RSS {peak / MiB:,.0f} MiB" + (f"  device peak {dev_peak / MiB:,.0f} MiB" if dev_peak else "")
               + f"  load {load:.2f}  [{api}]", flush=True)
+        if profiled:
+            print("    " + _profile_line(profiled), flush=True)
         del models
     return rows
+
+
+def _profile_line(p: dict) -> str:
+    per = max(1, p["steps"])
+    return (f"profiled {p['steps']} steps: wall {p['wall']:.2f} s, {p['busy_what']} busy {p['busy']:.2f} s "
+            f"({100 * p['busy'] / p['wall']:.0f}%), {p['calls'] / per:,.0f} calls a step, {p['launches'] / per:,.0f} "
+            f"launches a step, syncs {p['syncs']} ({p['sync_s']:.3f} s), memcpy calls {p['copies']} "
+            f"({p['copy_s']:.3f} s); heaviest: " + ", ".join(f"{t['name'][:40]} {t['seconds']:.3f} s" for t in p["top"][:3]))
 
 
 # ------------------------------------------------------------------------------------------
@@ -314,6 +373,27 @@ def report(info: dict, rows: list[dict]) -> str:
     out.append(_table(header, table))
     if any(not r["rss_reset"] for r in rows):
         out += ["", "Peak RSS could not be reset between rows here: each figure is the process's peak so far."]
+    profiled = [r for r in rows if r.get("profile")]
+    if profiled:
+        out += ["", "## Where the time goes", "",
+                "Each row run again for the steps shown under torch.profiler (slower than the timed run: the "
+                "profiler adds host time). *busy*: the kernels' summed device time (CUDA), or the aten operators' "
+                "self time (CPU), over the profiled wall time; well below 100% on a device means it waited for the "
+                "host. *syncs*: cudaStreamSynchronize/DeviceSynchronize/EventSynchronize calls and the host "
+                "time inside them; *memcpy*: cudaMemcpy(Async) calls and the host time inside them (a copy from "
+                "pageable memory blocks while the driver stages it).", ""]
+        header = ["px", "IPC", "side", "labels", "steps", "wall s", "busy", "calls/step", "launches/step",
+                  "syncs (s)", "memcpy (s)", "heaviest (s)"]
+        table = []
+        for r in profiled:
+            p, per = r["profile"], max(1, r["profile"]["steps"])
+            labels = "hard" if r["mode"] == "hard" else f"+ {r['k']} crops"
+            table.append([r["size"], r["ipc"], r["side"], labels, p["steps"], f"{p['wall']:.2f}",
+                          f"{p['busy']:.2f} s ({100 * p['busy'] / p['wall']:.0f}%)", f"{p['calls'] / per:,.0f}",
+                          f"{p['launches'] / per:,.0f}", f"{p['syncs']} ({p['sync_s']:.3f})",
+                          f"{p['copies']} ({p['copy_s']:.3f})",
+                          "; ".join(f"`{t['name'][:48]}` {t['seconds']:.3f}" for t in p["top"][:4])])
+        out.append(_table(header, table))
     out += ["", f"Data: {info['data']}", "", ""]
     return "\n".join(out)
 
@@ -376,6 +456,9 @@ def main(argv=None) -> int:
     ap.add_argument("--labeler-epochs", type=int, default=None, help="default 10 (--quick: 2)")
     ap.add_argument("--labeler-width", type=int, default=None, help="default 128 (--quick: 16)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--profile", type=int, default=0, metavar="EPOCHS",
+                    help="after each row, run it again for EPOCHS epochs under torch.profiler and report where "
+                         "the time goes (kernels' busy time, launches, synchronisations, heaviest kernels)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)

@@ -309,9 +309,7 @@ class _RandomCrops:
         out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
         for i, sampler in enumerate(self.samplers):
             rows = (scale == i).nonzero().flatten()
-            crop, by_crop = position[rows].sort(stable=True)  # crops_at renders runs of one crop together
-            rows = rows[by_crop]
-            out[rows.to(images.device)] = sampler.crops_at(images, rows, crop)
+            out[rows.to(images.device)] = sampler.crops_at(images, rows, position[rows])
         if self.flip:
             mirrored = torch.rand(b, generator=generator) < 0.5
             out = torch.where(mirrored.view(-1, 1, 1, 1).to(images.device), out.flip(3), out)

@@ -250,6 +250,47 @@ def test_crops_at_matches_grid(path):
     assert s.crops_at(images, [], []).shape == (0, 3, 28, 28)
 
 
+def _ops(fn):
+    """The aten calls ``fn`` makes (on a GPU, each is a kernel launch or a view)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.calls
+
+
+def test_crops_at_calls_do_not_grow_with_the_positions():
+    """A trainer draws k random positions per image each step: rendering them must not cost
+    one pass per distinct position (25 of them cost 25 times the launches before)."""
+    s = UniformSampler()
+    images = torch.from_numpy(_images((40, 3, 32, 32), seed=5))
+    s.crops_at(images, [0], [0])  # the resize weights are cached on the first call
+    one = _ops(lambda: s.crops_at(images, list(range(40)), [7] * 40))
+    every = _ops(lambda: s.crops_at(images, list(range(40)), [i % 25 for i in range(40)]))
+    assert every == one
+
+
+def test_crops_at_in_chunks_equals_one_pass(monkeypatch):
+    """The temporaries' bound splits the pairs into chunks; the crops do not change."""
+    import ladd_format.sampler as sampler
+
+    s = UniformSampler()
+    images = torch.from_numpy(_images((6, 3, 28, 28), seed=9))
+    img, crop = [5, 0, 3, 3, 1, 2, 4], [0, 24, 7, 8, 12, 12, 3]
+    whole = s.crops_at(images, img, crop, size=(40, 36))
+    monkeypatch.setattr(sampler, "_PAIR_ELEMENTS", 1)  # one pair a chunk
+    assert torch.equal(s.crops_at(images, img, crop, size=(40, 36)), whole)
+    monkeypatch.setattr(sampler, "_PAIR_ELEMENTS", 3 * 18 * (3 * 18 + 40) * 3)  # three pairs a chunk
+    assert torch.equal(s.crops_at(images, img, crop, size=(40, 36)), whole)
+
+
 def test_pillow_agrees():
     """Pillow's crop().resize(BILINEAR) has the same geometry and weights; it differs only by
     rounding its first (horizontal) pass to uint8, so it matches that two-pass model exactly
