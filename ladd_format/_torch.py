@@ -1,4 +1,4 @@
-"""Torch helpers every stage shares: which device, and how pixels are normalised."""
+"""Torch helpers every stage shares: which device, copies to it, and how pixels are normalised."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     elif dev.type != "cpu":
         raise InvalidInputError(f"device {device!r}: ladd_format runs on cpu, cuda or mps")
     return dev
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without stopping the host: to a CUDA device through pinned
+    memory, asynchronously. A plain ``.to(device)`` waits for everything queued on the device
+    to finish first, which inside a training step stalls the host once a step."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def channel_stats(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:

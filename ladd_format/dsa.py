@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ._torch import to_device
 from .errors import InvalidInputError
 
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -48,7 +49,7 @@ class DSAParams:
         """The parameters of some samples, e.g. repeated so that crops share their image's."""
         picked = {}
         for key, value in self.values.items():
-            picked[key] = value[rows] if isinstance(rows, slice) else value[rows.to(value.device)]
+            picked[key] = value[rows] if isinstance(rows, slice) else value[to_device(rows, value.device)]
         return DSAParams(self.family, self.height, self.width, picked)
 
 
@@ -87,7 +88,8 @@ def sample_dsa(batch: int, height: int, width: int, *, strategy: str = STRATEGY,
     else:
         values = {"angle": (rand() - 0.5) * 2 * ROTATE_DEGREES / 180 * math.pi}
     target = torch.device(device) if device is not None else gen_device
-    return DSAParams(family, height, width, {k: v.to(target) for k, v in values.items()})
+    moved = to_device(torch.stack(list(values.values())), target).unbind(0)  # one copy, no host wait
+    return DSAParams(family, height, width, dict(zip(values, moved)))
 
 
 def apply_dsa(x: torch.Tensor, params: DSAParams) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from ._encodings import Encoding, _torch_float32
 from ._read import LazyArray
 from ._store import rows_per_block
-from ._torch import channel_stats, normalise, resolve_device
+from ._torch import channel_stats, normalise, resolve_device, to_device
 from .distributed import shard
 from .dsa import STRATEGY, DSAParams, apply_dsa, sample_dsa
 from .errors import InvalidInputError
@@ -170,13 +170,13 @@ class DeviceLoader:
             kept = ((crop_image >= mine.start) & (crop_image < mine.stop)).nonzero().flatten()
             rows = torch.cat([torch.arange(mine.start, mine.stop), b + kept])
             index, crop_image, crop_id = index[mine.start:mine.stop], crop_image[kept] - mine.start, crop_id[kept]
-        idx = index.to(dev, non_blocking=True)
+        idx, on_image, on_crop = to_device(torch.cat((index, crop_image, crop_id)), dev).split(
+            (len(index), len(crop_image), len(crop_id)))  # one copy, no host wait
         images = normalise(self._batch_images(index, idx), self._mean, self._std)
         crops = self._render(images, crop_image, crop_id)
-        crop_image, crop_id = crop_image.to(dev), crop_id.to(dev)
-        dense = self._dense(idx[crop_image], crop_id)
-        return Batch(images.to(self.dtype), self._labels.index_select(0, idx), crops, dense, idx, crop_image,
-                     crop_id, b), rows
+        dense = self._dense(idx[on_image], on_crop)
+        return Batch(images.to(self.dtype), self._labels.index_select(0, idx), crops, dense, idx, on_image,
+                     on_crop, b), rows
 
     def _picks(self, b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(image row, grid position) of every crop of a global batch of ``b`` images, on the

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._torch import to_device
 from .errors import InvalidInputError
 from .manifest import SamplerSpec
 
@@ -253,7 +254,7 @@ class UniformSampler:
         ry = self._weights(h, ho, dev, x.dtype)
         rx = self._weights(w, wo, dev, x.dtype).T
         corner, template = self._patch_index(c, h, w, dev)
-        pairs = torch.stack((img, crop)).to(dev, non_blocking=True)  # one copy to the device
+        pairs = to_device(torch.stack((img, crop)), dev)  # one copy, no host wait
         start = pairs[0] * (c * h * w) + corner[pairs[1]]  # each pair's patch corner in x.flatten()
         out = torch.empty(img.numel(), c, ho, wo, device=dev, dtype=x.dtype)
         step = max(1, _PAIR_ELEMENTS // (c * cw * (3 * ch + ho)))  # a pair's index, patch and row pass
@@ -284,11 +285,11 @@ class UniformSampler:
         ch, tops = self.axis(h)
         cw, lefts = self.axis(w)
         dev = x.device
-        top = torch.tensor(tops)[crop // self.n].to(dev)
-        left = torch.tensor(lefts)[crop % self.n].to(dev)
+        top = to_device(torch.tensor(tops)[crop // self.n], dev)
+        left = to_device(torch.tensor(lefts)[crop % self.n], dev)
         ys = (top[:, None] + torch.arange(ch, device=dev))[:, :, None]
         xs = (left[:, None] + torch.arange(cw, device=dev))[:, None, :]
-        patches = x[img.to(dev)[:, None, None], :, ys, xs].permute(0, 3, 1, 2).contiguous()
+        patches = x[to_device(img, dev)[:, None, None], :, ys, xs].permute(0, 3, 1, 2).contiguous()
         enlarging = size[0] >= ch and size[1] >= cw
         out = F.interpolate(patches, size=size, mode="bilinear", align_corners=False,
                             antialias=dev.type == "cuda" and enlarging)

@@ -209,10 +209,10 @@ def run(models: Sequence[nn.Module], loaders: Sequence[DeviceLoader], plan: Plan
     schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[plan.epochs // 2], gamma=0.1)
     dev = loaders[0].device
     rows_per_pass = max(1, plan.per_pass // s)
-    losses: list[list[float]] = [[] for _ in range(s)]
+    log = _LossLog(plan.epochs, s, dev)
     bar = tqdm(range(plan.epochs), desc=f"train {mode}" + (f" x{s} seeds" if s > 1 else ""), unit="epoch",
                disable=not progress, leave=False)
-    for _ in bar:
+    for epoch in bar:
         total, steps = torch.zeros(s, device=dev), 0
         for step in zip(*(loader.plain_batches() for loader in loaders)):
             x, targets = _inputs(step, mode, soft)
@@ -229,10 +229,9 @@ def run(models: Sequence[nn.Module], loaders: Sequence[DeviceLoader], plan: Plan
             steps += 1
         schedule.step()
         if parallel:
-            all_sum(total)
-        for seed_losses, value in zip(losses, (total / max(1, steps)).tolist()):  # one host sync an epoch
-            seed_losses.append(value)
-        bar.set_postfix(loss=f"{sum(r[-1] for r in losses) / s:.3f}")
+            all_sum(total)  # a collective, queued on the device like a kernel (NCCL)
+        log.record(epoch, total / max(1, steps), bar)
+    losses = log.values.T.tolist()  # the one host synchronisation of the run
     with torch.no_grad():
         for j, m in enumerate(models):
             for name, p in m.named_parameters():
@@ -241,6 +240,34 @@ def run(models: Sequence[nn.Module], loaders: Sequence[DeviceLoader], plan: Plan
             if parallel:  # batch-norm statistics: rank 0's, so that every rank returns one model
                 broadcast_from_first([b for b in m.buffers() if b.is_floating_point()])
     return losses
+
+
+class _LossLog:
+    """Each epoch's mean loss per seed, kept on the device and read back once, after training.
+
+    Reading it every epoch is a host synchronisation, and at IPC 10 an epoch is one step: the
+    host could not queue the next step while the device ran this one. The progress bar shows
+    the newest epoch whose copy to the host has landed, without waiting for any.
+    """
+
+    def __init__(self, epochs: int, seeds: int, device: torch.device) -> None:
+        self.values = torch.zeros(epochs, seeds, device=device)
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+
+    def record(self, epoch: int, mean: torch.Tensor, bar) -> None:
+        self.values[epoch] = mean
+        if bar.disable:
+            return
+        if not self.cuda:
+            bar.set_postfix(loss=f"{mean.mean().item():.3f}")
+            return
+        done = torch.cuda.Event()
+        self.pending.append((mean.mean().to("cpu", non_blocking=True), done))
+        done.record()
+        while self.pending and self.pending[0][1].query():
+            shown = self.pending.pop(0)[0]
+            bar.set_postfix(loss=f"{shown.item():.3f}")
 
 
 @dataclass(frozen=True)

@@ -263,3 +263,23 @@ def test_cuda_fast_path_trains_like_the_cpu(gray, fast):
     for a, b in zip(fast_runs, cpu_runs):
         assert a.settings["amp"] and np.isfinite(a.losses).all()
         np.testing.assert_allclose(a.losses, b.losses, rtol=0.05)
+
+
+@CUDA
+@pytest.mark.parametrize("mode", ["ladd", "hard"])
+def test_cuda_run_never_waits_for_the_device_inside_it(gray, mode):
+    """No host synchronisation a step or an epoch (a per-step ``loss.item()`` is one, and so is
+    a blocking copy to the device): the host queues step after step. PyTorch's sync debug mode
+    warns at each synchronising call; a run of 3 times the epochs makes no more of them."""
+    def syncs(epochs):
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_seeds(gray, seeds=2, mode=mode, device="cuda", **{**TINY, "epochs": epochs})
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(6) == syncs(2)
