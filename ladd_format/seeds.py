@@ -79,7 +79,7 @@ class Plan:
     per_pass: int
     amp: bool = False
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False  # or a torch.compile mode name
 
 
 def groupable(model: nn.Module, device: torch.device | None = None) -> bool:
@@ -163,15 +163,21 @@ def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes; ``"reduce-overhead"`` replays CUDA graphs, for steps too small to
+keep the device busy between launches."""
+
+
 class _Compiled:
-    """``torch.compile(fn)``, or ``fn`` itself from the first failure on (one warning), since
-    compiling needs a toolchain (a C++ compiler on CPU, Triton on CUDA) that may be missing."""
+    """``torch.compile(fn)`` (in ``mode``, when named), or ``fn`` itself from the first failure
+    on (one warning), since compiling needs a toolchain (a C++ compiler on CPU, Triton on CUDA)
+    that may be missing."""
 
     warned = False
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, mode: str | None = None) -> None:
         self.fn = fn
-        self.compiled: Callable | None = torch.compile(fn)
+        self.compiled: Callable | None = torch.compile(fn) if mode is None else torch.compile(fn, mode=mode)
 
     def __call__(self, *args):
         if self.compiled is not None:
@@ -201,7 +207,7 @@ def run(models: Sequence[nn.Module], loaders: Sequence[DeviceLoader], plan: Plan
         broadcast_from_first(list(params.values()))
     forward = (grouped_forward if s > 1 else single_forward)(models[0], plan.channels_last)
     if plan.compile:
-        forward = _Compiled(forward)
+        forward = _Compiled(forward, plan.compile if isinstance(plan.compile, str) else None)
     for m in models:
         m.train()
     opt = torch.optim.SGD(list(params.values()), lr=plan.lr, momentum=plan.momentum,

@@ -35,7 +35,7 @@ from .errors import InvalidInputError
 from .loader import DeviceLoader
 from .models import build_model
 from .presets import Preset, resolve
-from .seeds import Plan, groupable
+from .seeds import COMPILE_MODES, Plan, groupable
 from .seeds import run as run_seeds
 
 MODES = ("ladd", "hard", "soft", "crops-only")
@@ -110,7 +110,7 @@ def train(
     crop_weight: float = 1.0, crop_reduction: str = "mean", width: int | None = None,
     depth: int | None = None, preset: str | Preset | None = None, indices: Any = None, seed: int = 0,
     max_pass_inputs: int | None = None, device: str | torch.device | None = None, amp: bool = True,
-    cpu_amp: bool = False, channels_last: bool = False, compile: bool = False, progress: bool = True,
+    cpu_amp: bool = False, channels_last: bool = False, compile: bool | str = False, progress: bool = True,
     data_parallel: bool = True,
 ) -> TrainResult:
     """Train a fresh ``model`` on a container (or the ``indices`` subset of it).
@@ -127,7 +127,9 @@ def train(
     a Xeon with AMX units; off by default, as it changes the numbers).
     ``channels_last`` feeds the network NHWC tensors (slower on that CPU; meant for CUDA).
     ``compile`` runs the forward pass through ``torch.compile``, falling back to eager with one
-    warning where that fails (on a CPU its compile time outweighs the gain for short runs).
+    warning where that fails (on a CPU its compile time outweighs the gain for short runs);
+    ``True`` compiles in torch.compile's default mode, a name from
+    :data:`~ladd_format.seeds.COMPILE_MODES` in that mode (``"reduce-overhead"``: CUDA graphs).
 
     Under ``torchrun`` (an initialised default process group of G > 1 ranks, see
     :func:`ladd_format.distributed.init_from_env`) and with ``data_parallel`` (the default), the
@@ -202,7 +204,7 @@ def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convn
            crop_reduction: str = "mean", width: int | None = None, depth: int | None = None,
            preset: str | Preset | None = None, indices: Any = None, max_pass_inputs: int | None = None,
            device: str | torch.device | None = None, amp: bool = True, cpu_amp: bool = False,
-           channels_last: bool = False, compile: bool = False, progress: bool = True,
+           channels_last: bool = False, compile: bool | str = False, progress: bool = True,
            data_parallel: bool = True) -> list[TrainResult]:
     """:func:`train` for several seeds at once (one :func:`ladd_format.seeds.run`)."""
     if mode not in MODES:
@@ -219,6 +221,8 @@ def _train(dataset, seeds: list[int], *, mode: str = "ladd", model: str = "convn
     if max_pass_inputs is not None and (isinstance(max_pass_inputs, bool) or not isinstance(max_pass_inputs, int)
                                         or max_pass_inputs < 1):
         raise InvalidInputError(f"max_pass_inputs must be an integer >= 1, got {max_pass_inputs!r}")
+    if not (isinstance(compile, bool) or (isinstance(compile, str) and compile in COMPILE_MODES)):
+        raise InvalidInputError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
     share = _share(batch_size, data_parallel)
     ds = _open(dataset, indices)
     dev = resolve_device(device)

@@ -201,6 +201,26 @@ def test_compile_failure_falls_back_to_eager(gray, monkeypatch, grouped):
     assert [r.losses for r in compiled] == [r.losses for r in eager] and compiled[0].settings["compile"]
 
 
+@pytest.mark.parametrize("compile_, mode", [(True, None), ("reduce-overhead", "reduce-overhead"),
+                                            ("max-autotune", "max-autotune")])
+def test_compile_mode_reaches_torch_compile(gray, monkeypatch, grouped, compile_, mode):
+    seen = []
+
+    def recording(fn, **kwargs):
+        seen.append(kwargs.get("mode"))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording)
+    runs = train_seeds(gray, seeds=2, compile=compile_, **{**TINY, "epochs": 1})
+    assert seen == [mode] and runs[0].settings["compile"] == compile_
+
+
+@pytest.mark.parametrize("bad", ["fast", "", 1, None, ["default"]])
+def test_unknown_compile_mode_is_refused(gray, bad):
+    with pytest.raises(InvalidInputError, match="compile must be"):
+        train(gray, compile=bad, **TINY)
+
+
 def test_channels_last_gives_the_same_training(gray, grouped):
     kwargs = {**TINY, "epochs": 1}
     _assert_close(train_seeds(gray, seeds=2, channels_last=True, **kwargs), train_seeds(gray, seeds=2, **kwargs))
