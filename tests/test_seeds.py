@@ -286,18 +286,19 @@ def test_cuda_fast_path_trains_like_the_cpu(gray, fast):
 
 
 @CUDA
-@pytest.mark.parametrize("mode", ["ladd", "hard"])
-def test_cuda_run_never_waits_for_the_device_inside_it(gray, mode):
+@pytest.mark.parametrize("mode, progress", [("ladd", False), ("hard", False), ("ladd", True)])
+def test_cuda_run_never_waits_for_the_device_inside_it(gray, mode, progress):
     """No host synchronisation a step or an epoch (a per-step ``loss.item()`` is one, and so is
-    a blocking copy to the device): the host queues step after step. PyTorch's sync debug mode
-    warns at each synchronising call; a run of 3 times the epochs makes no more of them."""
+    a blocking copy to the device): the host queues step after step, and the progress bar shows
+    losses that have landed. PyTorch's sync debug mode warns at each synchronising call; a run
+    of 3 times the epochs makes no more of them."""
     def syncs(epochs):
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                train_seeds(gray, seeds=2, mode=mode, device="cuda", **{**TINY, "epochs": epochs})
+                train_seeds(gray, seeds=2, mode=mode, device="cuda", **{**TINY, "epochs": epochs, "progress": progress})
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message) for w in caught)
