@@ -155,6 +155,9 @@ def test_demo_runs_and_its_container_validates(source, tmp_path):
     table = format_table(report)
     for name in ("baseline ", "baseline++", "LADD"):
         assert name in table
+    bf16 = settings.train["cpu_amp"]  # where the CPU trains in bfloat16 (AMX units), it tests in it too
+    assert {r["test_precision"] for r in report["rows"]} == {"bfloat16 autocast" if bf16 else "float32"}
+    assert ("tested in bfloat16 autocast, as the models trained." in table) == bf16
 
 
 def test_demo_on_dm_images_says_distilled(source, tmp_path):

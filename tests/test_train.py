@@ -105,6 +105,26 @@ def test_cross_architecture_checks_the_test_set_before_training(container, sourc
         cross_architecture(container, source.test_images, source.test_labels, seeds=[1, 1])
 
 
+def test_evaluate_with_amp_runs_the_forward_under_bf16_autocast(source):
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(28 * 28, 10)
+
+        def forward(self, x):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return self.head(x.flatten(1))
+
+    net = Probe()
+    images, labels = source.test_images[:40], source.test_labels[:40]
+    plain = train_module.evaluate(net, images, labels, [0.5], [0.25], batch_size=16)
+    assert seen == [False] * 3
+    mixed = train_module.evaluate(net, images, labels, [0.5], [0.25], batch_size=16, amp=True)
+    assert seen[3:] == [True] * 3 and 0 <= mixed <= 1 and 0 <= plain <= 1
+
+
 def test_grid_units_are_spread_longest_first():
     """Units of the evaluation grid: (architecture, its seeds) when there are enough
     architectures, else (architecture, seed); the costliest first to the least loaded rank."""
@@ -122,6 +142,8 @@ def test_distributed_arguments_are_checked(container, source, monkeypatch):
         cross_architecture(container, source.test_images, source.test_labels, parallel="model")
     with pytest.raises(InvalidInputError, match="data_parallel"):
         train(container, data_parallel="yes", epochs=1, progress=False)
+    with pytest.raises(InvalidInputError, match="eval_amp"):
+        cross_architecture(container, source.test_images, source.test_labels, eval_amp="yes")
     monkeypatch.setattr(train_module, "rank_world", lambda: (0, 4))
     with pytest.raises(InvalidInputError, match="smaller than the 4 ranks"):
         train(container, batch_size=3, epochs=1, progress=False)
