@@ -15,8 +15,8 @@
 #      holds, so it resumes: carry out/paper (the labeler and the JSON so far) and copy
 #      $OUT/paper back there after each session.
 # Each step has its own time limit (seconds, overridable) and writes as it goes, so a step cut
-# short keeps its rows. Arguments name the steps to run (default: the first four, in order,
-# 590 s of limits, within one 600 s device command).
+# short keeps its rows. Arguments name the steps to run (default: tests, profile, train and
+# compile, in order: 590 s of limits, within one 600 s device command).
 # Results go to $OUT (default ./out/gpu). Needs torch with CUDA and the package importable;
 # Fashion-MNIST via LADD_DATA_DIR or the usual places.
 set -uo pipefail
