@@ -24,12 +24,12 @@ import torch
 
 from ._read import LaddDataset
 from ._read import open as open_container
+from ._torch import resolve_device
 from .distill import distill_dm
 from .errors import InvalidInputError
 from .labeler import Labeler, augment, train_labeler
 from .presets import get_preset
 from .sources import SourceDataset, fashion_mnist, random_real
-from ._torch import resolve_device
 from .train import cross_architecture
 
 
