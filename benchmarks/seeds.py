@@ -105,9 +105,9 @@ def _container(args: argparse.Namespace, tmp: Path) -> Path:
 
 def _amx() -> bool:
     sys.path.insert(0, str(ROOT))
-    from ladd_format.demo import _cpu_bf16_units
+    from ladd_format._torch import cpu_bf16_units
 
-    return _cpu_bf16_units()
+    return cpu_bf16_units()
 
 
 def _mean_std(values: list[float]) -> str:

@@ -217,6 +217,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ._torch import cpu_bf16_units, resolve_device
     from .distributed import init_from_env, rank_world
     from .train import check_models, check_test_set, cross_architecture
 
@@ -231,17 +232,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"--crops {crops}: the container's grid has {ds.manifest.sampler.num_crops} "
                                     "crops per image")
         view = ds.subset(ds.balanced_indices(args.ipc)) if args.ipc else ds
+        device = resolve_device(args.device or rank_device)
+        bf16 = args.precision == "bfloat16" or (args.precision == "auto" and (device.type == "cuda" or
+                                                                           cpu_bf16_units()))
         rows = cross_architecture(view, source.test_images, source.test_labels, models=models,
                                   seeds=args.seeds, mode=args.mode, epochs=args.epochs, lr=args.lr,
                                   batch_size=args.batch_size, crops_per_image=crops, preset=args.preset,
-                                  width=args.width, device=args.device or rank_device,
-                                  together=not args.one_by_one, parallel=args.parallel)
+                                  width=args.width, device=device, amp=bf16, cpu_amp=bf16,
+                                  eval_amp=bf16 and device.type == "cpu", channels_last=args.channels_last,
+                                  compile=args.compile, together=not args.one_by_one, parallel=args.parallel)
     rank, world = rank_world()
     if rank != 0:
         return 0
     print(f"{'model':10s} {'mode':10s} {'test accuracy (%)':>20s}   (on {source.name}'s test split)")
     for r in rows:
         print(f"{r['model']:10s} {r['mode']:10s} {100 * r['accuracy_mean']:>11.2f} +/- {100 * r['accuracy_std']:.2f}")
+    tested = "bfloat16 autocast" if bf16 and device.type == "cpu" else "float32"
+    print(f"(on {device}: trained in {'bfloat16 autocast' if bf16 else 'float32'}, tested in {tested}"
+          + (f", forward pass compiled ({'default' if args.compile is True else args.compile} mode)"
+             if args.compile else "") + (", channels_last" if args.channels_last else "") + ")")
     if world > 1:
         print(f"({world} ranks, --parallel {args.parallel})")
     return 0
@@ -281,7 +290,7 @@ def _crops(text: str) -> int | str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .presets import PRESETS
+    from .presets import COMPILE_MODES, PRESETS
 
     p = Parser(prog="ladd", description="Label-augmented distilled dataset containers.")
     p.add_argument("--version", action="version", version=f"ladd_format {__version__}")
@@ -382,6 +391,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ipc", type=positive_int, help="train on the first IPC images of each class only")
     s.add_argument("--device", type=device_arg, help="cpu, cuda or cuda:N (default: cuda when available; "
                                                      "under torchrun, the local rank's GPU)")
+    s.add_argument("--precision", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="training precision: auto (default) is bfloat16 autocast on CUDA and on CPUs that "
+                        "multiply bfloat16 in hardware (AMX), which then also test in it; float32 elsewhere")
+    s.add_argument("--compile", nargs="?", const=True, default=False, choices=COMPILE_MODES, metavar="MODE",
+                   help="run the forward pass through torch.compile (eager where that fails, with a warning); "
+                        f"MODE: {', '.join(COMPILE_MODES)} (reduce-overhead replays CUDA graphs)")
+    s.add_argument("--channels-last", action="store_true", help="train in the channels_last memory layout")
     s.add_argument("--parallel", default="auto", choices=["auto", "grid", "data"],
                    help="under torchrun: grid spreads the (model, seed) runs over the ranks, data trains each "
                         "run data-parallel over all ranks; auto (default): grid when there are at least as many "

@@ -24,7 +24,7 @@ import torch
 
 from ._read import LaddDataset
 from ._read import open as open_container
-from ._torch import resolve_device
+from ._torch import cpu_bf16_units, resolve_device
 from .distill import distill_dm
 from .errors import InvalidInputError
 from .labeler import Labeler, augment, train_labeler
@@ -79,14 +79,7 @@ class DemoSettings:
         return lines
 
 
-def _cpu_bf16_units() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles): there bfloat16 autocast
-    trains the demo's ConvNets 1.8x faster with the same accuracy (3 seeds, IPC 10: every row
-    within 0.06 points of float32); elsewhere it would be slower than float32."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-_TRAIN_DEFAULTS = {"lr": 0.01, "batch_size": 256, "augment": "dsa", "cpu_amp": _cpu_bf16_units()}
+_TRAIN_DEFAULTS = {"lr": 0.01, "batch_size": 256, "augment": "dsa", "cpu_amp": cpu_bf16_units()}
 _LABELER_DEFAULTS = {"cpu_amp": _TRAIN_DEFAULTS["cpu_amp"]}
 """The labeler too: 37.8 s against 54.3 s in float32 for the cpu preset's, with the same crop
 labels (36.9% argmax agreement either way; benchmarks/results/labeler_crops.md)."""

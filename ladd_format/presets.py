@@ -42,6 +42,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
 })
 
 
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes, for the trainer's ``compile``; ``"reduce-overhead"`` replays CUDA
+graphs, for steps too small to keep the device busy between launches."""
+
+
 def get_preset(preset: str | Preset | None) -> Preset | None:
     """The preset called ``preset`` (or the preset itself, or ``None``)."""
     if preset is None or isinstance(preset, Preset):

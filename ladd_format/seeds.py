@@ -163,11 +163,6 @@ def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-"""torch.compile's modes; ``"reduce-overhead"`` replays CUDA graphs, for steps too small to
-keep the device busy between launches."""
-
-
 class _Compiled:
     """``torch.compile(fn)`` (in ``mode``, when named), or ``fn`` itself from the first failure
     on (one warning), since compiling needs a toolchain (a C++ compiler on CPU, Triton on CUDA)

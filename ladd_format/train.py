@@ -34,8 +34,8 @@ from .distributed import _device, all_sum, rank_world
 from .errors import InvalidInputError
 from .loader import DeviceLoader
 from .models import build_model
-from .presets import Preset, resolve
-from .seeds import COMPILE_MODES, Plan, groupable
+from .presets import COMPILE_MODES, Preset, resolve
+from .seeds import Plan, groupable
 from .seeds import run as run_seeds
 
 MODES = ("ladd", "hard", "soft", "crops-only")
@@ -129,7 +129,7 @@ def train(
     ``compile`` runs the forward pass through ``torch.compile``, falling back to eager with one
     warning where that fails (on a CPU its compile time outweighs the gain for short runs);
     ``True`` compiles in torch.compile's default mode, a name from
-    :data:`~ladd_format.seeds.COMPILE_MODES` in that mode (``"reduce-overhead"``: CUDA graphs).
+    :data:`~ladd_format.presets.COMPILE_MODES` in that mode (``"reduce-overhead"``: CUDA graphs).
 
     Under ``torchrun`` (an initialised default process group of G > 1 ranks, see
     :func:`ladd_format.distributed.init_from_env`) and with ``data_parallel`` (the default), the

@@ -1,4 +1,4 @@
-"""The ``ladd`` command line: example, inspect, validate, pack."""
+"""The ``ladd`` command line: example, inspect, validate, pack, and the trainer's switches."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import ladd_format
+import ladd_format._torch
+import ladd_format.train
 from ladd_format.cli import main as cli
+from ladd_format.testing import write_example
+
+from _helpers import write_idx_folder
 
 
 def test_example_inspect_validate_pack(tmp_path, capsys):
@@ -76,3 +82,35 @@ def test_augment_with_a_torchscript_teacher_at_another_input_size(tmp_path, caps
     assert cli([*argv[:-8], "--num-classes", "7", "--input-size", "48", "--labeler-mean", "0.5,0.5,0.5",
                 "--labeler-std", "0.2,0.2,0.2", "--overwrite"]) == 1
     assert "7 classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, amx, wanted, line", [
+    ([], False, dict(amp=False, cpu_amp=False, eval_amp=False, compile=False, channels_last=False),
+     "(on cpu: trained in float32, tested in float32)"),
+    ([], True, dict(amp=True, cpu_amp=True, eval_amp=True),
+     "(on cpu: trained in bfloat16 autocast, tested in bfloat16 autocast)"),
+    (["--precision", "float32"], True, dict(amp=False, cpu_amp=False, eval_amp=False), "trained in float32,"),
+    (["--precision", "bfloat16"], False, dict(amp=True, cpu_amp=True, eval_amp=True), "trained in bfloat16"),
+    (["--compile"], False, dict(compile=True), "forward pass compiled (default mode)"),
+    (["--compile", "reduce-overhead", "--channels-last"], False, dict(compile="reduce-overhead", channels_last=True),
+     "forward pass compiled (reduce-overhead mode), channels_last)"),
+])
+def test_train_switches_reach_the_trainer(tmp_path, monkeypatch, capsys, argv, amx, wanted, line):
+    """``ladd train``'s precision, compile and layout switches become the trainer's keywords; auto
+    precision is bfloat16 on a CPU only where it multiplies bfloat16 in hardware, as the demo."""
+    example = tmp_path / "ex.ladd"
+    write_example(example, num_classes=10, ipc=2, size=28, channels=1)
+    folder = write_idx_folder(tmp_path / "idx", 20, 30)
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        return [{"model": "convnet", "mode": "ladd", "accuracy_mean": 0.5, "accuracy_std": 0.0, "accuracies": [0.5]}]
+
+    monkeypatch.setattr(ladd_format._torch, "cpu_bf16_units", lambda: amx)
+    monkeypatch.setattr(ladd_format.train, "cross_architecture", fake)
+    capsys.readouterr()
+    assert cli(["train", str(example), "--test-source", str(folder), "--source-name", "fake-idx", "--device", "cpu",
+                *argv]) == 0
+    assert {k: seen[k] for k in wanted} == wanted
+    assert line in capsys.readouterr().out

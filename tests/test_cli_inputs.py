@@ -161,6 +161,8 @@ CASES = [
     ("train-device-cuda", lambda f, o: TRAIN(f, o, "--device", "cuda"), {2}, "cuda"),
     ("train-mode-bogus", lambda f, o: TRAIN(f, o, "--mode", "bogus"), {2}, "--mode"),
     ("train-preset-bogus", lambda f, o: TRAIN(f, o, "--preset", "bogus"), {2}, "--preset"),
+    ("train-precision-bogus", lambda f, o: TRAIN(f, o, "--precision", "fp8"), {2}, "--precision"),
+    ("train-compile-bogus", lambda f, o: TRAIN(f, o, "--compile", "fastest"), {2}, "--compile"),
     ("train-model-bogus-second", lambda f, o: TRAIN(f, o, "--model", "convnet,bogus"), {1}, "bogus"),
     ("train-ipc-too-many", lambda f, o: TRAIN(f, o, "--ipc", "3"), {1}, "ipc"),  # the example holds 2 per class
     ("train-missing", lambda f, o: ["train", f"{o}/missing.ladd"], {1}, "missing.ladd"),
