@@ -10,6 +10,8 @@ relative. Seeds run one after another (the CPU default, ``together=False``) must
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 
 import numpy as np
@@ -199,6 +201,26 @@ def test_compile_failure_falls_back_to_eager(gray, monkeypatch, grouped):
         train(gray, compile=True, **kwargs)  # warned once per process
     eager = train_seeds(gray, seeds=2, **kwargs)
     assert [r.losses for r in compiled] == [r.losses for r in eager] and compiled[0].settings["compile"]
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")),
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_grouped_run_equals_eager_and_compiles_once(gray, grouped):
+    """The GPU fast path's torch.compile, run for real here by inductor's CPU backend: the grouped
+    forward compiles into one graph (no graph breaks, no recompiling step after step, which would
+    cost more than it saves) and trains as eager does."""
+    from torch._dynamo.utils import counters
+
+    kwargs = {**TINY, "epochs": 3, "batch_size": 20}  # 20 images: one step an epoch, one shape
+    eager = train_seeds(gray, seeds=2, **kwargs)
+    torch._dynamo.reset()
+    counters.clear()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")
+        compiled = train_seeds(gray, seeds=2, compile=True, **kwargs)
+    assert compiled[0].settings["together"]
+    assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["ok"] == 1 and not counters["recompiles"]
+    _assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("compile_, mode", [(True, None), ("reduce-overhead", "reduce-overhead"),
