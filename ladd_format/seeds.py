@@ -31,6 +31,7 @@ draw them.
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -166,13 +167,23 @@ def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 class _Compiled:
     """``torch.compile(fn)`` (in ``mode``, when named), or ``fn`` itself from the first failure
     on (one warning), since compiling needs a toolchain (a C++ compiler on CPU, Triton on CUDA)
-    that may be missing."""
+    that may be missing.
+
+    Shapes stay static (``dynamic=False``: one graph per batch shape, at most a few a run). By
+    default a second shape of the same code recompiles it with symbolic sizes, which inductor
+    failed to lower for these forwards (``cannot determine truth value of Relational``), so
+    training went on eager. Dynamo keys its graphs, and its limit of 8 recompiles, by code
+    object, which every run's forward shares; each run compiles a copy with its own code, so
+    an earlier run (another model, another size) neither counts against it nor makes its
+    shapes dynamic."""
 
     warned = False
 
     def __init__(self, fn: Callable, mode: str | None = None) -> None:
         self.fn = fn
-        self.compiled: Callable | None = torch.compile(fn) if mode is None else torch.compile(fn, mode=mode)
+        own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                 fn.__closure__)
+        self.compiled: Callable | None = torch.compile(own, mode=mode, dynamic=False)
 
     def __call__(self, *args):
         if self.compiled is not None:

@@ -186,7 +186,7 @@ def test_each_seed_draws_its_own_batches(gray):
 
 
 def test_compile_failure_falls_back_to_eager(gray, monkeypatch, grouped):
-    def broken(fn):
+    def broken(fn, **kwargs):
         def call(*args):
             raise RuntimeError("no compiler here")
         return call
@@ -205,22 +205,26 @@ def test_compile_failure_falls_back_to_eager(gray, monkeypatch, grouped):
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")),
                     reason="torch.compile on a CPU needs a C++ compiler")
-def test_compiled_grouped_run_equals_eager_and_compiles_once(gray, grouped):
+def test_compiled_grouped_runs_equal_eager_and_compile_once_each(gray, grouped, tmp_path):
     """The GPU fast path's torch.compile, run for real here by inductor's CPU backend: the grouped
-    forward compiles into one graph (no graph breaks, no recompiling step after step, which would
-    cost more than it saves) and trains as eager does."""
+    forward compiles into one graph a run (no graph breaks, no recompiling step after step) and
+    trains as eager does; a second run at another geometry in the same process compiles its own
+    static graph (it used to recompile the shared code with symbolic sizes, which inductor
+    failed to lower, and fell back to eager)."""
     from torch._dynamo.utils import counters
 
+    rgb = write_example(tmp_path / "rgb.ladd", size=32, channels=3, ipc=2)
     kwargs = {**TINY, "epochs": 3, "batch_size": 20}  # 20 images: one step an epoch, one shape
-    eager = train_seeds(gray, seeds=2, **kwargs)
-    torch._dynamo.reset()
-    counters.clear()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="torch.compile failed")
-        compiled = train_seeds(gray, seeds=2, compile=True, **kwargs)
-    assert compiled[0].settings["together"]
-    assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["ok"] == 1 and not counters["recompiles"]
-    _assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    for path in (gray, rgb):
+        eager = train_seeds(path, seeds=2, **kwargs)
+        counters.clear()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="torch.compile failed")
+            compiled = train_seeds(path, seeds=2, compile=True, **kwargs)
+        assert compiled[0].settings["together"]
+        assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["ok"] == 1
+        assert not counters["recompiles"]
+        _assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("compile_, mode", [(True, None), ("reduce-overhead", "reduce-overhead"),
