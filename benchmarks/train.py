@@ -44,7 +44,8 @@ images put through the same transform.
 Prints everything (no assertions on timing); ``--out`` writes the markdown report,
 ``--json`` the figures. Usage::
 
-    python benchmarks/train.py --quick --device cpu --out benchmarks/results/train.md
+    python benchmarks/train.py --quick --device cpu --malloc-reuse --variants cpu-bf16,default \
+        --out benchmarks/results/train.md   # on a CPU: bf16 (AMX) and float32 library rows
     python benchmarks/train.py --device cuda --out benchmarks/results/train_h100.md
     python benchmarks/train.py --device cuda --epochs 300,100 --crops 5,0 \
         --variants default,channels-last,separate,fp32,compile   # one fast-path switch per row
@@ -84,9 +85,11 @@ from _machine import device_name, load_average, peak_rss, sync  # noqa: E402  (b
 MiB = 1 << 20
 MODELS = {32: "convnetd3", 128: "convnetd5"}
 BATCH = 256
-# the library's rows: its defaults, then one fast-path switch changed at a time
+# the library's rows: its defaults, then one fast-path switch changed at a time (cpu-bf16:
+# bfloat16 autocast on a CPU too, what the demo does on CPUs with AMX units)
 VARIANTS = {"default": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
-            "compile-graphs": {"compile": "reduce-overhead"}, "separate": {"together": False}, "fp32": {"amp": False}}
+            "compile-graphs": {"compile": "reduce-overhead"}, "separate": {"together": False}, "fp32": {"amp": False},
+            "cpu-bf16": {"cpu_amp": True}}
 
 
 def _side(variant: str) -> str:
