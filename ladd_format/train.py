@@ -129,8 +129,9 @@ def train(
     ``compile`` runs the forward pass through ``torch.compile``, falling back to eager with one
     warning where that fails; it pays on a CPU only once inductor's on-disk cache holds the
     graph (one demo seed on the 2-core Xeon, bf16: LADD 40 s eager, 42.5 s compiled cold, 30 s
-    warm; hard labels 7 s, 18 s, 5.6 s), so the demo stays eager. ``True`` compiles in torch.compile's default mode, a name from
-    :data:`~ladd_format.presets.COMPILE_MODES` in that mode (``"reduce-overhead"``: CUDA graphs).
+    warm; hard labels 7 s, 18 s, 5.6 s), so the demo stays eager. ``True`` compiles in
+    torch.compile's default mode, a name from :data:`~ladd_format.presets.COMPILE_MODES` in
+    that mode (``"reduce-overhead"``: CUDA graphs).
 
     Under ``torchrun`` (an initialised default process group of G > 1 ranks, see
     :func:`ladd_format.distributed.init_from_env`) and with ``data_parallel`` (the default), the
