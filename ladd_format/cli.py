@@ -235,12 +235,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device = resolve_device(args.device or rank_device)
         bf16 = device.type in ("cuda", "cpu") and (args.precision == "bfloat16" or (
             args.precision == "auto" and (device.type == "cuda" or cpu_bf16_units())))
-        test_bf16 = bf16 and device.type == "cpu"  # as the demo: a CPU tests in what it trained in
         rows = cross_architecture(view, source.test_images, source.test_labels, models=models,
                                   seeds=args.seeds, mode=args.mode, epochs=args.epochs, lr=args.lr,
                                   batch_size=args.batch_size, crops_per_image=crops, preset=args.preset,
                                   width=args.width, device=device, amp=bf16, cpu_amp=bf16,
-                                  eval_amp=test_bf16, channels_last=args.channels_last,
+                                  eval_amp=bf16 and device.type == "cpu",  # as the demo: a CPU tests in it too
+                                  channels_last=args.channels_last,
                                   compile=args.compile, together=not args.one_by_one, parallel=args.parallel)
     rank, world = rank_world()
     if rank != 0:
@@ -248,8 +248,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"{'model':10s} {'mode':10s} {'test accuracy (%)':>20s}   (on {source.name}'s test split)")
     for r in rows:
         print(f"{r['model']:10s} {r['mode']:10s} {100 * r['accuracy_mean']:>11.2f} +/- {100 * r['accuracy_std']:.2f}")
-    precision = {True: "bfloat16 autocast", False: "float32"}
-    print(f"(on {device}: trained in {precision[bf16]}, tested in {precision[test_bf16]}"
+    print(f"(on {device}: trained in {'bfloat16 autocast' if bf16 else 'float32'}, tested in "
+          f"{rows[0]['test_precision']}"
           + (f", forward pass compiled ({'default' if args.compile is True else args.compile} mode)"
              if args.compile else "") + (", channels_last" if args.channels_last else "") + ")")
     if world > 1:

@@ -179,8 +179,7 @@ def measure(ds: LaddDataset, source: SourceDataset, s: DemoSettings, mode: str, 
                              progress=progress)[0]
     stored = ds.stored_bytes()
     nbytes = sum(stored.values()) if mode == "ladd" else stored["images"] + stored["labels"]
-    return {**row, "ipc": ds.ipc, "labels": mode, "bytes": int(nbytes),
-            "test_precision": "bfloat16 autocast" if bf16 else "float32"}
+    return {**row, "ipc": ds.ipc, "labels": mode, "bytes": int(nbytes)}
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -264,14 +264,13 @@ class _LossLog:
 
     def __init__(self, epochs: int, seeds: int, device: torch.device) -> None:
         self.values = torch.zeros(epochs, seeds, device=device)
-        self.cuda = device.type == "cuda"
         self.pending: list[tuple[torch.Tensor, torch.cuda.Event]] = []
 
     def record(self, epoch: int, mean: torch.Tensor, bar) -> None:
         self.values[epoch] = mean
         if bar.disable:
             return
-        if not self.cuda:
+        if self.values.device.type != "cuda":
             bar.set_postfix(loss=f"{mean.mean().item():.3f}")
             return
         done = torch.cuda.Event()

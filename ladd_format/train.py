@@ -360,7 +360,7 @@ def cross_architecture(dataset: LaddDataset | str | os.PathLike[str], test_image
     """The field's protocol: each architecture trained once per seed (:func:`train_seeds`,
     the seeds together unless ``together=False``); mean and std accuracy, one row per
     architecture in the order of ``models``. ``eval_amp`` tests under bfloat16 autocast
-    (:func:`evaluate`'s ``amp``).
+    (:func:`evaluate`'s ``amp``), which each row's ``test_precision`` says.
 
     Under ``torchrun`` (G > 1 ranks), ``parallel`` says how the ranks share the work:
     ``"grid"`` spreads whole training runs over the ranks, each trained in one process (units of
@@ -397,8 +397,9 @@ def cross_architecture(dataset: LaddDataset | str | os.PathLike[str], test_image
                 table[m, j] = evaluate(r.model, test_images, test_labels, info.mean, info.std, amp=eval_amp)
     if world > 1:
         table = _gather_table(table)
+    tested = "bfloat16 autocast" if eval_amp else "float32"
     return [{"model": name, "mode": mode, "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
-             "accuracies": accs} for name, accs in zip(models, table.tolist())]
+             "accuracies": accs, "test_precision": tested} for name, accs in zip(models, table.tolist())]
 
 
 def _my_units(models: Sequence[str], seeds: int, rank: int, world: int, grid: bool) -> list[tuple[int, list[int]]]:

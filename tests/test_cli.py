@@ -103,9 +103,10 @@ def test_train_switches_reach_the_trainer(tmp_path, monkeypatch, capsys, argv, a
     folder = write_idx_folder(tmp_path / "idx", 20, 30)
     seen = {}
 
-    def fake(*args, **kwargs):
-        seen.update(kwargs)
-        return [{"model": "convnet", "mode": "ladd", "accuracy_mean": 0.5, "accuracy_std": 0.0, "accuracies": [0.5]}]
+    def fake(*args, eval_amp, **kwargs):
+        seen.update(kwargs, eval_amp=eval_amp)
+        return [{"model": "convnet", "mode": "ladd", "accuracy_mean": 0.5, "accuracy_std": 0.0, "accuracies": [0.5],
+                 "test_precision": "bfloat16 autocast" if eval_amp else "float32"}]
 
     monkeypatch.setattr(ladd_format._torch, "cpu_bf16_units", lambda: amx)
     monkeypatch.setattr(ladd_format.train, "cross_architecture", fake)
